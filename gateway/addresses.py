@@ -1,0 +1,168 @@
+"""Host:port parsing for endpoints and the listen address, and their resolution.
+
+design: the original silently strips `https://`, turns a bad port into 0 and breaks on
+IPv6 literals. Here every form is checked once, at configuration time, and the errors
+say what to write instead. Name resolution happens only in the master (at start and on
+reload), so workers connect to pre-resolved socket addresses and never block on DNS.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+DEFAULT_ETCD_PORT = 2379
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str  # without brackets; "" means every interface (listen address only)
+    port: int
+
+    def __str__(self) -> str:
+        return join_host_port(self.host, self.port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def _parse_port(text: str, whole: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"bad port {text!r} in {whole!r}")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 1-65535 in {whole!r}")
+    return port
+
+
+def _split(text: str, default_port: int | None) -> HostPort:
+    whole = text
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError(f"missing ']' in {whole!r}")
+        host, rest = text[1:close], text[close + 1:]
+        _check_ipv6(host, whole)
+        if rest == "":
+            port_text = None
+        elif rest.startswith(":"):
+            port_text = rest[1:]
+        else:
+            raise ValueError(f"unexpected {rest!r} after ']' in {whole!r}")
+    elif text.count(":") > 1:
+        raise ValueError(f"IPv6 address must be in brackets, e.g. [::1]:2379, not {whole!r}")
+    elif ":" in text:
+        host, port_text = text.rsplit(":", 1)
+    else:
+        host, port_text = text, None
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"missing port in {whole!r} (want host:port)")
+        port = default_port
+    else:
+        port = _parse_port(port_text, whole)
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ValueError(f"bad host {host!r} in {whole!r}")
+    return HostPort(host, port)
+
+
+def _check_ipv6(host: str, whole: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(f"bad IPv6 address {host!r} in {whole!r}") from None
+
+
+def parse_endpoint(text: str) -> HostPort:
+    """`host[:port]` or `[v6][:port]`; the port defaults to 2379; a scheme is refused."""
+    text = text.strip()
+    if "://" in text:
+        raise ValueError(
+            f"{text!r} has a scheme: the gateway relays TCP and does not terminate TLS; "
+            "give host:port (TLS passes through to the member unchanged)")
+    if not text:
+        raise ValueError("empty endpoint")
+    hp = _split(text, DEFAULT_ETCD_PORT)
+    if not hp.host:
+        raise ValueError(f"missing host in {text!r}")
+    return hp
+
+
+def parse_endpoint_list(values: list[str]) -> list[HostPort]:
+    """Comma-separated, repeatable; duplicates removed, order kept."""
+    seen: dict[HostPort, None] = {}
+    for value in values:
+        for item in value.split(","):
+            if item.strip():
+                seen.setdefault(parse_endpoint(item), None)
+    return list(seen)
+
+
+def parse_listen_addr(text: str) -> HostPort:
+    """`host:port`, `[v6]:port` or `:port` (every interface); a port is required."""
+    text = text.strip()
+    if "://" in text:
+        raise ValueError(f"{text!r} has a scheme; give host:port")
+    if not text:
+        raise ValueError("empty listen address")
+    return _split(text, None)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One socket address a worker can connect to (or the master can bind)."""
+    family: int
+    sockaddr: tuple
+
+    @property
+    def ip(self) -> str:
+        return self.sockaddr[0]
+
+    @property
+    def port(self) -> int:
+        return self.sockaddr[1]
+
+    def __str__(self) -> str:
+        return join_host_port(self.ip, self.port)
+
+
+def resolve(hp: HostPort, passive: bool = False) -> list[Resolved]:
+    """All TCP socket addresses for `hp` (getaddrinfo); raises OSError on failure."""
+    host = hp.host or None
+    flags = socket.AI_PASSIVE if passive else 0
+    infos = socket.getaddrinfo(host, hp.port, socket.AF_UNSPEC, socket.SOCK_STREAM,
+                               socket.IPPROTO_TCP, flags)
+    out: dict[Resolved, None] = {}
+    for family, _, _, _, sockaddr in infos:
+        out.setdefault(Resolved(family, tuple(sockaddr[:2])), None)
+    return list(out)
+
+
+def listen_addrs_cover(listen: HostPort, listen_resolved: list[Resolved],
+                       target: Resolved) -> bool:
+    """True when connecting to `target` would reach the gateway's own listener."""
+    if target.port != listen.port:
+        return False
+    for lr in listen_resolved:
+        ip = ipaddress.ip_address(lr.ip)
+        if ip.is_unspecified:
+            tip = ipaddress.ip_address(target.ip)
+            if tip.is_loopback or tip.is_unspecified or _is_local_address(target.ip):
+                return True
+        elif lr.ip == target.ip:
+            return True
+    return False
+
+
+def _is_local_address(ip: str) -> bool:
+    """True when `ip` is assigned to this host (bind test: only local addresses bind)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False

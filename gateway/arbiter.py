@@ -1,0 +1,324 @@
+"""The master process: owns the listener, the health table and the workers.
+
+design: single-threaded, on its own small loop. Signal handlers only record (see
+loop.py); `on_signal` changes the desired state and one `manage_workers()` makes
+reality match it (gunicorn's arbiter). The master never accepts or touches a client
+socket; it forks workers, reaps and replaces them, probes members marked down, and
+re-reads its configuration on SIGHUP.
+
+States: running -> draining (listener closed, workers finishing their sessions,
+bounded by the shutdown timeout) -> stopped. A second SIGTERM/SIGINT, or SIGQUIT,
+stops at once.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import resource
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from gateway import config as gwconfig
+from gateway import discovery, listeners, sysd
+from gateway import log as gwlog
+from gateway.health import HealthTable
+from gateway.loop import Loop
+from gateway.probe import Prober
+from gateway.worker import Worker, WorkerSettings
+
+logger = gwlog.get("master")
+
+RUNNING, DRAINING, STOPPED = "running", "draining", "stopped"
+PROBE_PERIOD = 0.25
+CRASH_WINDOW = 10.0      # seconds
+CRASH_LIMIT = 5          # worker deaths within the window that make the master give up
+KILL_GRACE = 5.0         # after the shutdown timeout, before SIGKILL
+QUIT_GRACE = 2.0         # after SIGQUIT to the workers, before SIGKILL
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
+           signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU)
+
+
+class FatalError(Exception):
+    """The master cannot go on (message: one line for the operator)."""
+
+
+@dataclass
+class WorkerRecord:
+    pid: int
+    index: int
+    started: float
+    settings: WorkerSettings
+    retiring: bool = False
+
+
+@dataclass
+class Arbiter:
+    config: gwconfig.Config
+    argv: list[str]
+    environ: dict[str, str]
+    state: str = RUNNING
+    workers: dict[int, WorkerRecord] = field(default_factory=dict)
+    exit_status: int = 0
+
+    def __post_init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = Loop()
+        self.table = HealthTable()
+        self.listener: socket.socket | None = None
+        self.prober = Prober(self.loop, self.table, self.config.dial_timeout,
+                             self.config.retry_delay)
+        self.desired_workers = self.config.workers
+        self._deaths: collections.deque[float] = collections.deque()
+        self._stop_deadline = 0.0
+        self._quitting = False
+
+    # -- start -----------------------------------------------------------------------
+    def run(self) -> int:
+        """Start, serve until stopped, and return the exit status."""
+        self._raise_nofile_limit()
+        endpoints = discovery.resolve_static(self.config)
+        self.listener = self._open_listener()
+        self.table.publish(endpoints)
+        self.loop.handle_signals(HANDLED, self._on_signal)
+        self.manage_workers()
+        logger.info("ready to proxy client requests", extra=gwlog.fields(
+            endpoints=[ep.address for ep in endpoints],
+            **{"listen-addr": listeners.bound_address(self.listener),
+               "workers": self.desired_workers}))
+        sysd.notify("READY=1\nMAINPID=%d" % self.pid)
+        self.loop.call_later(PROBE_PERIOD, self._probe_tick)
+        try:
+            while self.state != STOPPED:
+                self.loop.run_once(1.0)
+                self._check_deadlines()
+        except FatalError as exc:
+            logger.error(str(exc))
+            self._kill_workers(signal.SIGKILL)
+            self.exit_status = 1
+        self.prober.close()
+        logger.info("stopped", extra=gwlog.fields(status=self.exit_status))
+        return self.exit_status
+
+    def _raise_nofile_limit(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                logger.info("raised open-files limit", extra=gwlog.fields(
+                    **{"from": soft, "to": hard}))
+            except (ValueError, OSError) as exc:
+                logger.warning("cannot raise open-files limit", extra=gwlog.fields(
+                    soft=soft, hard=hard, error=str(exc)))
+
+    def _open_listener(self) -> socket.socket:
+        adopted = listeners.systemd_listener(self.environ)
+        if adopted is not None:
+            logger.info("adopted listener from systemd", extra=gwlog.fields(
+                address=listeners.bound_address(adopted)))
+            return adopted
+        try:
+            return listeners.bind(self.config.listen_addr)
+        except listeners.ListenError as exc:
+            raise FatalError(str(exc)) from None
+
+    def _worker_settings(self) -> WorkerSettings:
+        c = self.config
+        return WorkerSettings(dial_timeout=c.dial_timeout, retry_delay=c.retry_delay,
+                              shutdown_timeout=c.shutdown_timeout, log_level=c.log_level,
+                              log_format=c.log_format, log_file=c.log_file)
+
+    # -- workers -----------------------------------------------------------------------
+    def manage_workers(self) -> None:
+        """Make the set of serving workers match the desired count."""
+        if self.state != RUNNING:
+            return
+        serving = sorted((w for w in self.workers.values() if not w.retiring),
+                         key=lambda w: w.started)
+        for _ in range(self.desired_workers - len(serving)):
+            self._spawn()
+        for record in serving[:max(0, len(serving) - self.desired_workers)]:
+            self._retire(record)
+
+    def _spawn(self) -> None:
+        assert self.listener is not None
+        index = self.table.claim_worker_slot(0)
+        settings = self._worker_settings()
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.table.release_worker_slot(index)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            raise FatalError(f"cannot fork a worker: {exc.strerror}") from None
+        if pid == 0:
+            self._become_worker(index, settings)  # never returns
+        self.table.set_worker_pid(index, pid)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        self.workers[pid] = WorkerRecord(pid, index, time.monotonic(), settings)
+        logger.info("started worker", extra=gwlog.fields(worker=index, worker_pid=pid))
+
+    def _become_worker(self, index: int, settings: WorkerSettings) -> None:
+        status = 1
+        try:
+            self.loop.close()
+            for signum in HANDLED:
+                signal.signal(signum, signal.SIG_DFL)
+            assert self.listener is not None
+            status = Worker(index, self.listener, self.table, settings, self.pid).run()
+        except BaseException:  # noqa: B902 - a worker must never return into the master
+            logger.exception("worker failed", extra=gwlog.fields(worker=index))
+        finally:
+            os._exit(status)
+
+    def _retire(self, record: WorkerRecord) -> None:
+        record.retiring = True
+        self._send(record.pid, signal.SIGTERM)
+        logger.info("retiring worker", extra=gwlog.fields(worker=record.index,
+                                                          worker_pid=record.pid))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            record = self.workers.pop(pid, None)
+            if record is None:
+                continue
+            self.table.release_worker_slot(record.index)
+            self._worker_exited(record, status)
+        # not reached
+
+    def _worker_exited(self, record: WorkerRecord, status: int) -> None:
+        how = _describe_status(status)
+        if record.retiring or self.state != RUNNING:
+            logger.info("worker exited", extra=gwlog.fields(
+                worker=record.index, worker_pid=record.pid, status=how))
+        else:
+            logger.warning("worker died; replacing it", extra=gwlog.fields(
+                worker=record.index, worker_pid=record.pid, status=how))
+            now = time.monotonic()
+            self._deaths.append(now)
+            while self._deaths and now - self._deaths[0] > CRASH_WINDOW:
+                self._deaths.popleft()
+            if len(self._deaths) >= CRASH_LIMIT:
+                raise FatalError(f"workers keep dying ({len(self._deaths)} in "
+                                 f"{CRASH_WINDOW:g}s, last: {how}); giving up")
+        if self.state == RUNNING:
+            self.manage_workers()
+        elif not self.workers:
+            self.state = STOPPED
+
+    def _send(self, pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _kill_workers(self, signum: int) -> None:
+        for pid in list(self.workers):
+            self._send(pid, signum)
+
+    # -- signals -----------------------------------------------------------------------
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            self._reap()
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            if self.state == RUNNING:
+                self.begin_drain(signal.Signals(signum).name)
+            else:
+                self.quit_now(signal.Signals(signum).name + " again")
+        elif signum == signal.SIGQUIT:
+            self.quit_now("SIGQUIT")
+        elif signum == signal.SIGHUP:
+            self.reload()
+        elif signum == signal.SIGUSR1:
+            c = self.config
+            gwlog.setup(c.log_level, c.log_format, c.log_file)
+            self._kill_workers(signal.SIGUSR1)
+            logger.info("reopened log file", extra=gwlog.fields(path=c.log_file or "stderr"))
+        elif signum == signal.SIGTTIN:
+            self.desired_workers = min(self.desired_workers + 1, self.table.max_workers)
+            logger.info("worker count changed", extra=gwlog.fields(workers=self.desired_workers))
+            self.manage_workers()
+        elif signum == signal.SIGTTOU:
+            self.desired_workers = max(self.desired_workers - 1, 1)
+            logger.info("worker count changed", extra=gwlog.fields(workers=self.desired_workers))
+            self.manage_workers()
+
+    def begin_drain(self, why: str) -> None:
+        """Stop accepting at once (every copy of the listener is closed), let the
+        workers finish their sessions within the shutdown timeout, then exit 0."""
+        self.state = DRAINING
+        sysd.notify("STOPPING=1")
+        if self.listener is not None:
+            self.listener.close()
+        self._kill_workers(signal.SIGTERM)
+        self._stop_deadline = time.monotonic() + self.config.shutdown_timeout + KILL_GRACE
+        logger.info("draining connections", extra=gwlog.fields(
+            signal=why, timeout=self.config.shutdown_timeout, workers=len(self.workers)))
+        if not self.workers:
+            self.state = STOPPED
+
+    def quit_now(self, why: str) -> None:
+        """Stop at once: workers close every connection and exit."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self.state = DRAINING
+        if self.listener is not None and self.listener.fileno() >= 0:
+            self.listener.close()
+        self._kill_workers(signal.SIGQUIT)
+        self._stop_deadline = time.monotonic() + QUIT_GRACE
+        logger.info("stopping now", extra=gwlog.fields(signal=why, workers=len(self.workers)))
+        if not self.workers:
+            self.state = STOPPED
+
+    def _check_deadlines(self) -> None:
+        if self.state == DRAINING and self.workers and time.monotonic() >= self._stop_deadline:
+            logger.warning("workers did not stop in time: killing them",
+                           extra=gwlog.fields(workers=sorted(self.workers)))
+            self._kill_workers(signal.SIGKILL)
+            self._stop_deadline = time.monotonic() + QUIT_GRACE
+
+    # -- reload ------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read the configuration (same command line and environment); on any error
+        keep running exactly as before. Endpoint changes reach every worker at once
+        through the table; open connections are untouched."""
+        if self.state != RUNNING:
+            return
+        sysd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = gwconfig.load(self.argv, self.environ)
+            endpoints = discovery.resolve_static(new)
+        except gwconfig.ConfigError as exc:
+            logger.error("reload failed; keeping the running configuration",
+                         extra=gwlog.fields(error=str(exc)))
+            sysd.notify("READY=1")
+            return
+        old_addresses = [e.endpoint.address for e in self.table.roster()]
+        self.table.publish(endpoints)
+        self.config = new
+        self.prober.configure(new.dial_timeout, new.retry_delay)
+        self.desired_workers = new.workers
+        self.manage_workers()
+        logger.info("reloaded", extra=gwlog.fields(
+            endpoints=[ep.address for ep in endpoints], previous=old_addresses))
+        sysd.notify("READY=1")
+
+    # -- timers ------------------------------------------------------------------------
+    def _probe_tick(self) -> None:
+        if self.state == RUNNING:
+            self.prober.tick()
+        self.loop.call_later(PROBE_PERIOD, self._probe_tick)
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"

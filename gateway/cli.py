@@ -1,0 +1,51 @@
+"""Command line entry point: `etcd-gatewayd [start] [options]`.
+
+design: parse and validate first (a bad value is one line on stderr and exit status 2,
+never a traceback), then set up logging and hand over to the master. Start-up failures
+that are not bad values (the port is taken, a fork fails) exit 1 with one line.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from gateway import __version__
+from gateway import config as gwconfig
+from gateway import log as gwlog
+
+PROG = "etcd-gatewayd"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = gwconfig.strip_start_word(argv)
+    if any(a in ("-h", "--help") for a in args):
+        gwconfig.build_parser().print_help()
+        return 0
+    if "--version" in args:
+        print(f"{PROG} {__version__}")
+        return 0
+    environ = dict(os.environ)
+    try:
+        config = gwconfig.load(argv, environ)
+    except gwconfig.ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        gwlog.setup(config.log_level, config.log_format, config.log_file)
+    except OSError as exc:
+        print(f"{PROG}: option --log-file: cannot open {config.log_file!r}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    from gateway.arbiter import Arbiter, FatalError  # after validation: keep errors fast
+
+    try:
+        return Arbiter(config, argv, environ).run()
+    except gwconfig.ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except FatalError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

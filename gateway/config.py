@@ -1,0 +1,318 @@
+"""The one declarative table of options, and the frozen Config built from it.
+
+design: each option is declared once (`OPTIONS`); the command-line parser, the config
+file keys, the `ETCD_GATEWAY_*` environment variables, `conf/gateway.conf`, `--help` and
+the README's flag table all come from it. Precedence is configargparse's: command line >
+environment > config file > defaults. Loading never exits and never logs: every problem
+is a `ConfigError` with one line naming the option and the value, so the CLI can exit 2
+and a reload can keep the old config.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import configargparse
+
+from gateway import addresses
+from gateway.durations import format_duration, parse_duration
+
+ENV_PREFIX = "ETCD_GATEWAY_"
+
+
+class ConfigError(Exception):
+    """A bad option value or config file; the message is one line, fit for an operator."""
+
+
+# -- value parsers: str -> value, ValueError with a short reason -------------------
+def _duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError("must be positive")
+    return seconds
+
+
+def _duration_or_zero(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("1", "t", "true", "yes", "on"):
+        return True
+    if value in ("0", "f", "false", "no", "off"):
+        return False
+    raise ValueError("want true or false")
+
+
+def _workers(text: str) -> int:
+    if not text.strip().isdigit():
+        raise ValueError("want a whole number of worker processes")
+    value = int(text)
+    if not 1 <= value <= 128:
+        raise ValueError("want 1 to 128")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("want one of " + ", ".join(choices))
+        return value
+    return parse
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _listen_addr(text: str) -> addresses.HostPort:
+    return addresses.parse_listen_addr(text)
+
+
+def _endpoint_list(values: list[str]) -> list[addresses.HostPort]:
+    return addresses.parse_endpoint_list(values)
+
+
+def _default_workers() -> str:
+    try:
+        return str(len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return str(os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str                      # long flag without dashes; also the config-file key
+    parse: Callable[[Any], Any]
+    default: str | Callable[[], str]
+    help: str
+    origin: str = "etcd"           # "etcd": the original's flag; "new": ours
+    reloadable: bool = True        # applied by SIGHUP without a restart
+    repeatable: bool = False       # may be given several times; values are joined
+    boolean: bool = False          # `--flag` alone means true
+    metavar: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+    def default_text(self) -> str:
+        return self.default() if callable(self.default) else self.default
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("listen-addr", _listen_addr, "127.0.0.1:23790",
+           "Address to listen on: host:port, [v6]:port, or :port for every interface.",
+           metavar="HOST:PORT"),
+    Option("endpoints", _endpoint_list, "127.0.0.1:2379",
+           "etcd members to relay to: comma-separated, repeatable; host[:port], port "
+           "2379 when omitted; IPv6 as [::1]:2379. No scheme: TLS passes through.",
+           repeatable=True, metavar="HOST:PORT,..."),
+    Option("discovery-srv", _text, "",
+           "DNS domain whose SRV records list the members (replaces --endpoints).",
+           metavar="DOMAIN"),
+    Option("discovery-srv-name", _text, "",
+           "Suffix of the SRV names: _etcd-client-ssl-NAME._tcp.DOMAIN.", metavar="NAME"),
+    Option("insecure-discovery", _bool, "false",
+           "Accept SRV records for plain-text members (_etcd-client._tcp).", boolean=True),
+    Option("trusted-ca-file", _text, "",
+           "CA bundle that validates the members found by SRV discovery.", metavar="FILE"),
+    Option("retry-delay", _duration, "1m0s",
+           "How long an endpoint stays out after a failure before it is probed again.",
+           metavar="DURATION"),
+    Option("dial-timeout", _duration, "1s",
+           "Bound on each connect to a member; a timeout counts as a failure.",
+           origin="new", metavar="DURATION"),
+    Option("workers", _workers, _default_workers,
+           "Worker processes that accept and relay (default: CPUs available).",
+           origin="new", metavar="N"),
+    Option("shutdown-timeout", _duration, "30s",
+           "On SIGTERM/SIGINT, how long open connections may drain before they are closed.",
+           origin="new", metavar="DURATION"),
+    Option("log-level", _choice("debug", "info", "warn", "error"), "info",
+           "Least severe level logged: debug, info, warn or error.", origin="new",
+           metavar="LEVEL"),
+    Option("log-format", _choice("json", "console"), "json",
+           "json (etcd's keys: level, ts, caller, msg, fields) or console.", origin="new",
+           metavar="FORMAT"),
+    Option("log-file", _text, "",
+           "Append logs to this file instead of stderr.", origin="new", metavar="FILE"),
+)
+OPTIONS_BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_addr: addresses.HostPort
+    endpoints: tuple[addresses.HostPort, ...]
+    discovery_srv: str
+    discovery_srv_name: str
+    insecure_discovery: bool
+    trusted_ca_file: str
+    retry_delay: float
+    dial_timeout: float
+    workers: int
+    shutdown_timeout: float
+    log_level: str
+    log_format: str
+    log_file: str
+    config_file: str | None = None
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def describe(self, name: str) -> str:
+        """The effective value of option `name`, written as it would be given."""
+        value = getattr(self, name.replace("-", "_"))
+        if isinstance(value, float):
+            return format_duration(value)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, tuple):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+
+class _Parser(configargparse.ArgParser):
+    """configargparse that raises instead of exiting, so a reload can survive."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(message)
+
+    def exit(self, status: int = 0, message: str | None = None):  # type: ignore[override]
+        raise ConfigError(message or f"exit {status}")
+
+
+def build_parser() -> configargparse.ArgParser:
+    parser = _Parser(
+        prog="etcd-gatewayd",
+        description="A pre-fork, zero-copy TCP gateway in front of an etcd cluster.",
+        args_for_setting_config_path=["-c", "--config"],
+        config_arg_help_message="Config file: one `option = value` per line (long flag names).",
+        auto_env_var_prefix=ENV_PREFIX,
+        ignore_unknown_config_file_keys=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for opt in OPTIONS:
+        kwargs: dict[str, Any] = {"help": opt.help, "dest": opt.dest}
+        if opt.metavar:
+            kwargs["metavar"] = opt.metavar
+        if opt.repeatable:
+            kwargs.update(action="append", default=None)
+        elif opt.boolean:
+            kwargs.update(nargs="?", const="true", default=None, metavar="true|false")
+        else:
+            kwargs["default"] = None
+        parser.add_argument("--" + opt.name, **kwargs)
+    return parser
+
+
+def strip_start_word(argv: list[str]) -> list[str]:
+    """`etcd-gatewayd start --endpoints=...` works as `etcd gateway start ...` did."""
+    if argv and argv[0] == "start":
+        return argv[1:]
+    return argv
+
+
+def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
+    """Parse and validate; raise ConfigError (one line) on any problem."""
+    environ = dict(os.environ if environ is None else environ)
+    argv = strip_start_word(list(argv))
+    parser = build_parser()
+    config_path = _config_path(argv, environ)
+    if config_path is not None:
+        _check_config_file(config_path)
+    try:
+        ns, extra = parser.parse_known_args(args=argv, env_vars=environ)
+    except ConfigError:
+        raise
+    except OSError as exc:  # configargparse opens the file itself
+        raise ConfigError(f"config file: {exc}") from None
+    if extra:
+        raise ConfigError(f"unknown argument {extra[0]!r}")
+    sources = _sources(parser)
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = getattr(ns, opt.dest)
+        if raw is None:
+            raw = [opt.default_text()] if opt.repeatable else opt.default_text()
+        try:
+            values[opt.dest] = opt.parse(raw)
+        except ValueError as exc:
+            shown = ",".join(raw) if isinstance(raw, list) else raw
+            raise ConfigError(f"option --{opt.name}: invalid value {shown!r}: {exc}"
+                              f"{_where(sources.get(opt.name))}") from None
+    if not values["endpoints"] and not values["discovery_srv"]:
+        raise ConfigError("option --endpoints: no endpoints given (want host:port,...)")
+    if values["discovery_srv_name"] and not values["discovery_srv"]:
+        raise ConfigError(f"option --discovery-srv-name: {values['discovery_srv_name']!r} "
+                          "needs --discovery-srv")
+    values["endpoints"] = tuple(values["endpoints"])
+    return Config(config_file=config_path, sources=sources, **values)
+
+
+def _config_path(argv: list[str], environ: dict[str, str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-c") and len(arg) > 2:
+            return arg[2:]
+    return None
+
+
+def _check_config_file(path: str) -> None:
+    """Readable, and every key is a known option (configargparse's own message for an
+    unknown key names neither the file nor the key as written)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            items = configargparse.DefaultConfigFileParser().parse(stream)
+    except OSError as exc:
+        raise ConfigError(f"option --config: cannot read {path!r}: {exc.strerror}") from None
+    except (configargparse.ConfigFileParserException, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path!r}: {exc}") from None
+    for key in items:
+        if key not in OPTIONS_BY_NAME:
+            raise ConfigError(f"config file {path!r}: unknown key {key!r} "
+                              "(keys are the long option names, e.g. listen-addr)")
+
+
+def _sources(parser: configargparse.ArgParser) -> dict[str, str]:
+    """{option name: 'flag' | 'environment (VAR)' | 'file (PATH)'}; absent = default."""
+    out: dict[str, str] = {}
+    for source, settings in parser.get_source_to_settings_dict().items():
+        if source == "command_line":
+            args = settings.get("", (None, []))[1]
+            for arg in args:
+                if arg.startswith("--"):
+                    name = arg[2:].split("=", 1)[0]
+                    if name in OPTIONS_BY_NAME:
+                        out[name] = "flag"
+        elif source == "environment_variables":
+            for var, (action, _) in settings.items():
+                out[action.option_strings[0][2:]] = f"environment ({var})"
+        elif source.startswith("config_file|"):
+            path = source.split("|", 1)[1]
+            for key in settings:
+                out.setdefault(key, f"file ({path})")
+    return out
+
+
+def _where(source: str | None) -> str:
+    return f" (from {source})" if source and source != "flag" else ""
+
+
+def option_names() -> list[str]:
+    return [opt.name for opt in OPTIONS]

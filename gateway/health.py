@@ -1,0 +1,290 @@
+"""The shared-memory endpoint table: roster, health marks and counters for all processes.
+
+design: one anonymous `mmap` made by the master before it forks, so every worker sees
+the same bytes with no files, no resource tracker and no locks. Each field has one
+writer or tolerates racing writers that write the same kind of value:
+
+- the roster (which slots are in use, their addresses, priority and weight) is written
+  only by the master, under a generation counter (a seqlock: odd while writing);
+  workers re-read it only when the generation moved;
+- `down_at` (0.0 = up, else the CLOCK_MONOTONIC second of the failure, shared by every
+  process on the host) is written by any worker that fails to dial and by the master's
+  probe; racing writers both write "now", and readmission is compare-and-clear;
+- counters live in a [worker slot][endpoint slot] matrix: each worker writes only its
+  own row, so a counter is never written by two processes; the master folds a dead
+  worker's row into a `retired` row before the slot is reused, so totals never go back.
+
+An endpoint keeps its slot for as long as it is in the roster, so health marks and
+counters of endpoints that survive a reload are kept by construction.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+import time
+from dataclasses import dataclass
+
+MAGIC = 0xE7CD6A7E
+MAX_ENDPOINTS = 64
+MAX_WORKERS = 128
+
+# header: magic, layout version, roster generation, round-robin counter
+_HEADER = struct.Struct("<IIQQ")
+_HEADER_SIZE = 64
+_GEN_OFF = 8
+_RR_OFF = 16
+_U64 = struct.Struct("<Q")
+_F64 = struct.Struct("<d")
+
+# endpoint slot: static part (master, under the seqlock), then dynamic health fields
+_EP_STATIC = struct.Struct("<BBHHH46s80s")  # in_use, family, port, priority, weight, ip, label
+_EP_SIZE = 256
+_EP_DOWN_OFF = 136      # f64 down_at
+_EP_CHANGED_OFF = 144   # f64 wall-clock time of the last state change
+_EP_ERROR_OFF = 152     # 96s last error text
+_EP_ERROR_LEN = 96
+
+# worker slot: pid, then per-worker figures
+_WK = struct.Struct("<Iid")  # pid, state (0 free, 1 live), started (wall clock)
+_WK_SIZE = 32
+
+# counters: one u64 per (row, endpoint, counter)
+COUNTERS = ("connections", "active", "dial_failures", "bytes_sent", "bytes_received")
+N_COUNTERS = 8  # room to grow without changing the layout
+C_CONNECTIONS, C_ACTIVE, C_DIAL_FAILURES, C_BYTES_SENT, C_BYTES_RECEIVED = range(5)
+_ROW_SIZE = MAX_ENDPOINTS * N_COUNTERS * 8
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An endpoint as published in the roster: where to connect, and how to call it."""
+    label: str            # what the operator wrote (or the SRV target), for logs
+    family: int
+    ip: str
+    port: int
+    priority: int = 0
+    weight: int = 0
+
+    @property
+    def sockaddr(self) -> tuple:
+        return (self.ip, self.port)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    slot: int
+    endpoint: Endpoint
+
+
+class HealthTable:
+    """Typed access to the shared mapping; construct once in the master, before fork."""
+
+    def __init__(self, max_endpoints: int = MAX_ENDPOINTS, max_workers: int = MAX_WORKERS):
+        self.max_endpoints = max_endpoints
+        self.max_workers = max_workers
+        self._ep_base = _HEADER_SIZE
+        self._wk_base = self._ep_base + MAX_ENDPOINTS * _EP_SIZE
+        self._ctr_base = self._wk_base + max_workers * _WK_SIZE
+        # rows 0..max_workers-1 belong to workers; the last row holds retired totals
+        size = self._ctr_base + (max_workers + 1) * _ROW_SIZE
+        self.buf = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        _HEADER.pack_into(self.buf, 0, MAGIC, 1, 0, 0)
+        self._cursor = 0  # master-private: where the next free-slot search starts
+
+    # -- roster (master writes, everyone reads) -------------------------------------
+    @property
+    def generation(self) -> int:
+        return _U64.unpack_from(self.buf, _GEN_OFF)[0]
+
+    def publish(self, endpoints: list[Endpoint]) -> list[RosterEntry]:
+        """Make `endpoints` the roster. Endpoints already present keep their slot (and so
+        their health mark and counters); removed ones free theirs. Master only."""
+        if len(endpoints) > self.max_endpoints:
+            raise ValueError(f"at most {self.max_endpoints} endpoints")
+        current = {e.endpoint.sockaddr: e for e in self.roster()}
+        wanted = {ep.sockaddr for ep in endpoints}
+        gen = self.generation
+        _U64.pack_into(self.buf, _GEN_OFF, gen + 1)  # odd: readers retry
+        for sockaddr, entry in current.items():
+            if sockaddr not in wanted:
+                self._write_static(entry.slot, None)
+        for ep in endpoints:
+            old = current.get(ep.sockaddr)
+            if old is not None:
+                slot = old.slot
+            else:
+                slot = self._next_free_slot()
+                self._reset_dynamic(slot)
+            self._write_static(slot, ep)
+        _U64.pack_into(self.buf, _GEN_OFF, gen + 2)
+        return self.roster()
+
+    def roster(self) -> list[RosterEntry]:
+        """A consistent snapshot of the roster, in slot order."""
+        for _ in range(1000):
+            gen = self.generation
+            if gen & 1:
+                time.sleep(0)
+                continue
+            entries = [RosterEntry(s, ep) for s in range(self.max_endpoints)
+                       if (ep := self._read_static(s)) is not None]
+            if self.generation == gen:
+                return entries
+        raise RuntimeError("health table roster kept changing while being read")
+
+    def _next_free_slot(self) -> int:
+        """Free slots are taken in a cycle, so a slot freed by a reload is the last to be
+        reused (sessions still open on the old endpoint may still count against it)."""
+        for step in range(self.max_endpoints):
+            slot = (self._cursor + step) % self.max_endpoints
+            if not self._in_use(slot):
+                self._cursor = (slot + 1) % self.max_endpoints
+                return slot
+        raise ValueError(f"at most {self.max_endpoints} endpoints")
+
+    def _slot_off(self, slot: int) -> int:
+        return self._ep_base + slot * _EP_SIZE
+
+    def _in_use(self, slot: int) -> bool:
+        return self.buf[self._slot_off(slot)] == 1
+
+    def _write_static(self, slot: int, ep: Endpoint | None) -> None:
+        off = self._slot_off(slot)
+        if ep is None:
+            _EP_STATIC.pack_into(self.buf, off, 0, 0, 0, 0, 0, b"", b"")
+            return
+        _EP_STATIC.pack_into(self.buf, off, 1, ep.family, ep.port, ep.priority, ep.weight,
+                             ep.ip.encode()[:46], ep.label.encode()[:80])
+
+    def _read_static(self, slot: int) -> Endpoint | None:
+        in_use, family, port, prio, weight, ip, label = _EP_STATIC.unpack_from(
+            self.buf, self._slot_off(slot))
+        if in_use != 1:
+            return None
+        return Endpoint(label.rstrip(b"\0").decode(errors="replace"), family,
+                        ip.rstrip(b"\0").decode(), port, prio, weight)
+
+    def _reset_dynamic(self, slot: int) -> None:
+        off = self._slot_off(slot)
+        _F64.pack_into(self.buf, off + _EP_DOWN_OFF, 0.0)
+        _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
+        self.buf[off + _EP_ERROR_OFF:off + _EP_ERROR_OFF + _EP_ERROR_LEN] = bytes(_EP_ERROR_LEN)
+        for row in range(self.max_workers + 1):
+            base = self._ctr_base + row * _ROW_SIZE + slot * N_COUNTERS * 8
+            self.buf[base:base + N_COUNTERS * 8] = bytes(N_COUNTERS * 8)
+
+    # -- health marks --------------------------------------------------------------
+    def down_at(self, slot: int) -> float:
+        return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_DOWN_OFF)[0]
+
+    def is_up(self, slot: int) -> bool:
+        return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_DOWN_OFF)[0] == 0.0
+
+    def mark_down(self, slot: int, error: str, now: float | None = None) -> bool:
+        """Record a failure now; True when this call took the endpoint from up to down."""
+        off = self._slot_off(slot)
+        was_up = _F64.unpack_from(self.buf, off + _EP_DOWN_OFF)[0] == 0.0
+        _F64.pack_into(self.buf, off + _EP_DOWN_OFF, now if now is not None else time.monotonic())
+        self._set_error(off, error)
+        if was_up:
+            _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
+        return was_up
+
+    def mark_up(self, slot: int, if_down_at: float | None = None) -> bool:
+        """Readmit; with `if_down_at`, only if no newer failure was recorded meanwhile.
+        True when this call took the endpoint from down to up."""
+        off = self._slot_off(slot)
+        current = _F64.unpack_from(self.buf, off + _EP_DOWN_OFF)[0]
+        if current == 0.0 or (if_down_at is not None and current != if_down_at):
+            return False
+        _F64.pack_into(self.buf, off + _EP_DOWN_OFF, 0.0)
+        _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
+        return True
+
+    def last_error(self, slot: int) -> str:
+        off = self._slot_off(slot) + _EP_ERROR_OFF
+        return bytes(self.buf[off:off + _EP_ERROR_LEN]).rstrip(b"\0").decode(errors="replace")
+
+    def last_change(self, slot: int) -> float:
+        return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_CHANGED_OFF)[0]
+
+    def _set_error(self, off: int, error: str) -> None:
+        raw = error.encode(errors="replace")[:_EP_ERROR_LEN].ljust(_EP_ERROR_LEN, b"\0")
+        self.buf[off + _EP_ERROR_OFF:off + _EP_ERROR_OFF + _EP_ERROR_LEN] = raw
+
+    # -- round robin ---------------------------------------------------------------
+    def next_rr(self) -> int:
+        """A counter shared by all workers (races only repeat a value: harmless)."""
+        value = _U64.unpack_from(self.buf, _RR_OFF)[0]
+        _U64.pack_into(self.buf, _RR_OFF, (value + 1) & 0xFFFFFFFFFFFFFFFF)
+        return value
+
+    # -- worker slots --------------------------------------------------------------
+    def _wk_off(self, index: int) -> int:
+        return self._wk_base + index * _WK_SIZE
+
+    def claim_worker_slot(self, pid: int) -> int:
+        """Master: a free worker slot for a new child (its counter row starts at zero)."""
+        for index in range(self.max_workers):
+            _, state, _ = _WK.unpack_from(self.buf, self._wk_off(index))
+            if state == 0:
+                _WK.pack_into(self.buf, self._wk_off(index), pid, 1, time.time())
+                return index
+        raise RuntimeError(f"no free worker slot (at most {self.max_workers} workers)")
+
+    def set_worker_pid(self, index: int, pid: int) -> None:
+        _WK.pack_into(self.buf, self._wk_off(index), pid, 1, time.time())
+
+    def release_worker_slot(self, index: int) -> None:
+        """Master, after reaping: fold the row into the retired totals, then free it.
+        Gauges (active connections) are not carried: the dead worker's are gone."""
+        row = self._row_off(index)
+        retired = self._row_off(self.max_workers)
+        for slot in range(self.max_endpoints):
+            for c in range(N_COUNTERS):
+                if c == C_ACTIVE:
+                    continue
+                off = slot * N_COUNTERS * 8 + c * 8
+                value = _U64.unpack_from(self.buf, row + off)[0]
+                if value:
+                    total = _U64.unpack_from(self.buf, retired + off)[0]
+                    _U64.pack_into(self.buf, retired + off, total + value)
+        self.buf[row:row + _ROW_SIZE] = bytes(_ROW_SIZE)
+        _WK.pack_into(self.buf, self._wk_off(index), 0, 0, 0.0)
+
+    def live_workers(self) -> dict[int, int]:
+        """{worker slot: pid} of every slot in use."""
+        out = {}
+        for index in range(self.max_workers):
+            pid, state, _ = _WK.unpack_from(self.buf, self._wk_off(index))
+            if state == 1:
+                out[index] = pid
+        return out
+
+    # -- counters ------------------------------------------------------------------
+    def _row_off(self, row: int) -> int:
+        return self._ctr_base + row * _ROW_SIZE
+
+    def counter_offset(self, worker: int, slot: int, counter: int) -> int:
+        """Byte offset of one counter cell, for a worker's hot path (`add_at`)."""
+        return self._row_off(worker) + (slot * N_COUNTERS + counter) * 8
+
+    def add_at(self, offset: int, delta: int) -> None:
+        """Add to a counter cell the calling worker owns (one writer per cell). A gauge
+        never goes below zero, even if its slot was recycled under an open session."""
+        buf = self.buf
+        _U64.pack_into(buf, offset, max(0, _U64.unpack_from(buf, offset)[0] + delta))
+
+    def counter(self, slot: int, counter: int, worker: int | None = None) -> int:
+        """One counter of an endpoint: a worker's own, or the total (live + retired)."""
+        if worker is not None:
+            return _U64.unpack_from(self.buf, self.counter_offset(worker, slot, counter))[0]
+        rows = list(self.live_workers())
+        if counter != C_ACTIVE:
+            rows.append(self.max_workers)
+        return sum(_U64.unpack_from(self.buf, self.counter_offset(r, slot, counter))[0]
+                   for r in rows)

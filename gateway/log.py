@@ -1,0 +1,73 @@
+"""etcd-style log lines: JSON (`level`, `ts`, `caller`, `msg`, then fields) or console.
+
+design: operators grep the original's `msg` texts, so messages are fixed strings and
+everything variable goes into fields (`log.info("activated", extra=fields(address=a))`).
+`setup()` can run again (after fork, on SIGUSR1 to reopen the file, on reload).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+LOGGER_NAME = "etcd-gatewayd"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+           "error": logging.ERROR}
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
+          logging.ERROR: "error", logging.CRITICAL: "fatal"}
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for a log call: structured fields after `msg`."""
+    return {"fields": values}
+
+
+def get(name: str = "") -> logging.Logger:
+    return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "level": _NAMES.get(record.levelno, "info"),
+            "ts": round(record.created, 6),
+            "caller": f"{record.module}/{os.path.basename(record.pathname)}:{record.lineno}",
+            "msg": record.getMessage(),
+        }
+        out["pid"] = record.process
+        for key, value in getattr(record, "fields", {}).items():
+            out[key] = value
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        extra = " ".join(f"{k}={json.dumps(v, default=str)}"
+                         for k, v in getattr(record, "fields", {}).items())
+        line = (f"{stamp}.{int(record.msecs):03d} {_NAMES.get(record.levelno, 'info'):5} "
+                f"[{record.process}] {record.getMessage()}" + (f"  {extra}" if extra else ""))
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup(level: str = "info", fmt: str = "json", path: str = "") -> None:
+    """(Re)configure the gateway's logger; opens `path` for append, or uses stderr."""
+    logger = get()
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    if path:
+        handler: logging.Handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(_LEVELS.get(level, logging.INFO))
+    logger.propagate = False

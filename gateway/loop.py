@@ -1,0 +1,115 @@
+"""A small event loop: a `selectors` selector, monotonic timers and a signal wake-up fd.
+
+design: callbacks live in `key.data` and take the ready mask; timers are a heap of
+`Timer` objects cancelled by flag (no heap surgery). Signal handlers only record: the
+C-level handler writes the signal number to a non-blocking socketpair
+(`signal.set_wakeup_fd`), the loop reads it like any other fd and hands each number to
+`on_signal` in normal context, where logging, reaping and exiting are safe. Nothing
+here knows about proxying; the master and the workers each make their own loop (a
+worker makes its own after fork: an inherited epoll fd would share its interest list).
+"""
+from __future__ import annotations
+
+import heapq
+import selectors
+import signal
+import socket
+import time
+from typing import Callable, Iterable
+
+
+class Timer:
+    __slots__ = ("deadline", "callback", "cancelled")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]):
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: "Timer") -> bool:
+        return self.deadline < other.deadline
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._timers: list[Timer] = []
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._on_signal: Callable[[int], None] | None = None
+
+    # -- timers ----------------------------------------------------------------------
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0].deadline <= now:
+            timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def _timeout(self, max_wait: float) -> float:
+        timers = self._timers
+        while timers and timers[0].cancelled:
+            heapq.heappop(timers)
+        if not timers:
+            return max_wait
+        return max(0.0, min(max_wait, timers[0].deadline - time.monotonic()))
+
+    # -- one turn --------------------------------------------------------------------
+    def run_once(self, max_wait: float = 1.0) -> None:
+        for key, mask in self.selector.select(self._timeout(max_wait)):
+            key.data(mask)
+        self._run_timers()
+
+    # -- signals ---------------------------------------------------------------------
+    def handle_signals(self, signums: Iterable[int], on_signal: Callable[[int], None]) -> None:
+        """Route `signums` to `on_signal(signum)`, called from the loop, not the handler."""
+        if self._wake_r is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, self._drain_wakeups)
+        self._on_signal = on_signal
+        for signum in signums:
+            signal.signal(signum, _record_only)
+
+    def _drain_wakeups(self, mask: int) -> None:
+        assert self._wake_r is not None
+        while True:
+            try:
+                data = self._wake_r.recv(512)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            for signum in data:
+                if self._on_signal is not None:
+                    self._on_signal(signum)
+
+    def close(self) -> None:
+        """Release the selector and the wake-up pair (also used by a child after fork
+        to drop the parent's loop without touching the parent's registrations)."""
+        if self._wake_r is not None:
+            try:
+                signal.set_wakeup_fd(-1)
+            except ValueError:
+                pass
+            self._wake_r.close()
+            assert self._wake_w is not None
+            self._wake_w.close()
+            self._wake_r = self._wake_w = None
+        self.selector.close()
+        self._timers.clear()
+
+
+def _record_only(signum: int, frame: object) -> None:
+    """The Python-level handler: the wake-up fd already carries the signal number."""

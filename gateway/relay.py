@@ -1,0 +1,300 @@
+"""One relayed connection: two directions moving bytes between a client and a member.
+
+design: a `Session` owns two non-blocking sockets and two `Direction`s (client->member
+"up", member->client "down"). A direction moves bytes through a channel borrowed from a
+per-worker `ChannelPool` only while it has bytes in flight, so an idle session holds
+just its two sockets. Channels are a pipe used with `os.splice` (zero copy), or a
+buffer used with readv/write when splice or pipes are unavailable.
+
+Invariants (as Go's splice_linux.go and sshuttle's ssnet.py learnt them):
+- a direction reads its source only while its channel is empty, so EAGAIN on a read
+  means "nothing to read" and 0 means EOF; EAGAIN on a write means "destination full",
+  and the source is not read again until the channel drains (backpressure, bounded
+  memory: at most one channel's capacity per direction);
+- EOF on the source becomes `shutdown(SHUT_WR)` on the destination once drained
+  (half-close); the session is finished only when both directions are;
+- any other error (reset, broken pipe) ends the session: both sockets are closed with
+  SO_LINGER 0, so the peer of a reset sees a reset too.
+
+The session never touches the selector: after each event it calls `sync(session)`,
+and the worker registers `client_interest()` / `upstream_interest()` as they changed.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+from typing import Callable
+
+READ = 1   # selectors.EVENT_READ
+WRITE = 2  # selectors.EVENT_WRITE
+PIPE_SIZE = 1 << 18        # asked of the kernel per pipe; the default (64 KiB) if refused
+BUFFER_SIZE = 1 << 16      # copy-mode buffer
+ROUNDS_PER_EVENT = 8       # fill/drain rounds per readiness event before yielding
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class SpliceChannel:
+    """A pipe: socket -> pipe -> socket with os.splice, no copy through user space."""
+    __slots__ = ("r", "w", "size")
+
+    def __init__(self, r: int, w: int, size: int):
+        self.r, self.w, self.size = r, w, size
+
+    def fill(self, src: int) -> int:
+        return os.splice(src, self.w, self.size, flags=_SPLICE_FLAGS)
+
+    def drain(self, dst: int, count: int) -> int:
+        return os.splice(self.r, dst, count, flags=_SPLICE_FLAGS)
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+class CopyChannel:
+    """A buffer: recv into it, send from it (the fallback where splice is unavailable)."""
+    __slots__ = ("buf", "view", "start", "size")
+
+    def __init__(self, size: int = BUFFER_SIZE):
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.size = size
+
+    def fill(self, src: int) -> int:
+        self.start = 0
+        return os.readv(src, (self.view,))
+
+    def drain(self, dst: int, count: int) -> int:
+        n = os.write(dst, self.view[self.start:self.start + count])
+        self.start += n
+        return n
+
+    def close(self) -> None:
+        self.view.release()
+
+
+def splice_works() -> bool:
+    """True when os.splice can move bytes between sockets here (checked once per worker)."""
+    if not hasattr(os, "splice"):
+        return False
+    a, b = socket.socketpair()
+    try:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        a.close()
+        b.close()
+        return False
+    try:
+        a.sendall(b"x")
+        return (os.splice(b.fileno(), w, 1, flags=_SPLICE_FLAGS) == 1
+                and os.splice(r, a.fileno(), 1, flags=_SPLICE_FLAGS) == 1)
+    except OSError:
+        return False
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        a.close()
+        b.close()
+
+
+class ChannelPool:
+    """Per-worker free list of empty channels. Pipes are made on demand and kept up to
+    `keep` idle; if a pipe cannot be made (EMFILE, or splice disabled) a copy buffer is
+    lent instead, so a session never fails for want of a pipe."""
+
+    def __init__(self, use_splice: bool, keep: int = 64):
+        self.use_splice = use_splice
+        self.keep = keep
+        self._pipes: list[SpliceChannel] = []
+        self._buffers: list[CopyChannel] = []
+        self.pipes_open = 0  # pipes in existence (lent + idle), for figures and tests
+
+    def get(self) -> SpliceChannel | CopyChannel:
+        if self.use_splice:
+            if self._pipes:
+                return self._pipes.pop()
+            try:
+                r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                pass
+            else:
+                self.pipes_open += 1
+                try:
+                    size = fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+                except OSError:
+                    size = 1 << 16
+                return SpliceChannel(r, w, size)
+        if self._buffers:
+            return self._buffers.pop()
+        return CopyChannel()
+
+    def put(self, chan: SpliceChannel | CopyChannel) -> None:
+        """Give back an empty channel."""
+        if isinstance(chan, SpliceChannel):
+            if len(self._pipes) < self.keep:
+                self._pipes.append(chan)
+                return
+            self.discard(chan)
+        elif len(self._buffers) < self.keep:
+            self._buffers.append(chan)
+
+    def discard(self, chan: SpliceChannel | CopyChannel) -> None:
+        """Destroy a channel that may still hold bytes (its session ended abruptly)."""
+        if isinstance(chan, SpliceChannel):
+            self.pipes_open -= 1
+        chan.close()
+
+    def idle(self) -> int:
+        return len(self._pipes)
+
+    def close(self) -> None:
+        for chan in self._pipes + self._buffers:
+            self.discard(chan)
+        self._pipes.clear()
+        self._buffers.clear()
+
+
+class Direction:
+    """Bytes from `src` to `dst`. `pending` bytes sit in `chan`; `done` once EOF has
+    been carried to `dst` (or the session died)."""
+    __slots__ = ("src", "dst", "dst_sock", "chan", "pending", "done", "moved")
+
+    def __init__(self, src: socket.socket, dst: socket.socket):
+        self.src = src.fileno()
+        self.dst = dst.fileno()
+        self.dst_sock = dst
+        self.chan: SpliceChannel | CopyChannel | None = None
+        self.pending = 0
+        self.done = False
+        self.moved = 0
+
+
+class SessionEnded(Exception):
+    """Raised inside a session's I/O when it must be torn down (the message says why)."""
+
+
+class Session:
+    """A client connection relayed to one member. States: relaying (either direction
+    open) -> finished (both done: closed cleanly) | reset (an error: closed hard)."""
+    __slots__ = ("client", "upstream", "up", "down", "pool", "sync", "ended",
+                 "cmask", "umask", "slot", "started", "peer", "flushed_up",
+                 "flushed_down")
+
+    def __init__(self, client: socket.socket, upstream: socket.socket, pool: ChannelPool,
+                 sync: Callable[["Session"], None]):
+        self.client = client
+        self.upstream = upstream
+        self.up = Direction(client, upstream)
+        self.down = Direction(upstream, client)
+        self.pool = pool
+        self.sync = sync
+        self.ended = ""        # why the session ended; "" while it is relaying
+        self.cmask = 0         # interest registered for the client (worker-owned)
+        self.umask = 0         # interest registered for the upstream (worker-owned)
+        self.slot = -1         # the member's slot in the health table (worker-owned)
+        self.started = 0.0
+        self.peer = ""
+        self.flushed_up = 0    # bytes already added to the shared counters
+        self.flushed_down = 0
+
+    # -- interest ------------------------------------------------------------------
+    def client_interest(self) -> int:
+        up, down = self.up, self.down
+        return ((READ if not up.done and not up.pending else 0)
+                | (WRITE if down.pending else 0))
+
+    def upstream_interest(self) -> int:
+        up, down = self.up, self.down
+        return ((READ if not down.done and not down.pending else 0)
+                | (WRITE if up.pending else 0))
+
+    @property
+    def finished(self) -> bool:
+        return self.up.done and self.down.done
+
+    # -- events --------------------------------------------------------------------
+    def on_client(self, mask: int) -> None:
+        self._event(mask, self.up, self.down)
+
+    def on_upstream(self, mask: int) -> None:
+        self._event(mask, self.down, self.up)
+
+    def _event(self, mask: int, outgoing: Direction, incoming: Direction) -> None:
+        """`outgoing` reads from the ready socket, `incoming` writes to it."""
+        if self.ended:
+            return
+        try:
+            if mask & WRITE and incoming.pending:
+                self._drain(incoming)
+                if not incoming.pending and not incoming.done:
+                    self._pump(incoming)
+            if mask & READ and not outgoing.done and not outgoing.pending:
+                self._pump(outgoing)
+        except OSError as exc:
+            self.ended = f"reset: {exc.strerror or exc}"
+        if self.finished and not self.ended:
+            self.ended = "closed"
+        self.sync(self)
+
+    def _pump(self, d: Direction) -> None:
+        chan = d.chan
+        if chan is None:
+            chan = d.chan = self.pool.get()
+        for _ in range(ROUNDS_PER_EVENT):
+            try:
+                n = chan.fill(d.src)
+            except BlockingIOError:
+                break
+            if n == 0:
+                self._carry_eof(d)
+                break
+            d.pending = n
+            d.moved += n
+            self._drain(d)
+            if d.pending:
+                return  # destination full: keep the channel, wait for WRITE
+        d.chan = None
+        self.pool.put(chan)
+
+    def _drain(self, d: Direction) -> None:
+        chan = d.chan
+        while d.pending:
+            try:
+                d.pending -= chan.drain(d.dst, d.pending)
+            except BlockingIOError:
+                return
+
+    def _carry_eof(self, d: Direction) -> None:
+        d.done = True
+        d.dst_sock.shutdown(socket.SHUT_WR)
+
+    # -- teardown ------------------------------------------------------------------
+    def close(self) -> None:
+        """Release everything: channels back to the pool (or destroyed if they still
+        hold bytes), both sockets closed; hard (SO_LINGER 0) unless it ended cleanly.
+        Idempotent. The worker unregisters the sockets before calling this."""
+        for d in (self.up, self.down):
+            if d.chan is not None:
+                if d.pending:
+                    self.pool.discard(d.chan)
+                else:
+                    self.pool.put(d.chan)
+                d.chan = None
+            d.done = True
+        hard = self.ended != "closed"
+        for sock in (self.client, self.upstream):
+            if sock.fileno() < 0:
+                continue
+            if hard:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            sock.close()
+        if not self.ended:
+            self.ended = "closed by gateway"

@@ -1,0 +1,415 @@
+"""A worker process: accepts clients, dials members with failover, relays sessions.
+
+design: everything here happens after fork, in one thread, on the worker's own loop.
+The listener is shared with the other workers (the kernel hands each connection to
+one of them); accepts run in bounded batches. For each client the worker asks the
+picker for an ordered list of members and dials them in turn with a non-blocking
+connect bounded by `dial_timeout`; a failure marks the member down in the shared table
+(every worker sees it at once) and the next candidate is tried for the same client.
+Only when all have failed is the client closed (and counted as rejected).
+
+States: serving -> draining (listener closed, sessions finish, bounded by the
+shutdown timeout) -> stopped. A worker whose master is gone stops within a second.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from gateway import log as gwlog
+from gateway import picker
+from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
+                            C_DIAL_FAILURES, HealthTable, RosterEntry)
+from gateway.loop import Loop, Timer
+from gateway.relay import READ, WRITE, ChannelPool, Session, splice_works
+
+ACCEPT_BATCH = 64
+ACCEPT_PAUSE = 0.25      # seconds without accepting after EMFILE/ENFILE
+TICK = 0.5               # parent check and counter flush period
+_FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_SOCK_FLAGS = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
+
+SERVING, DRAINING, STOPPED = "serving", "draining", "stopped"
+
+logger = gwlog.get("worker")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    dial_timeout: float
+    retry_delay: float
+    shutdown_timeout: float
+    log_level: str
+    log_format: str
+    log_file: str
+
+
+class Dial:
+    """One client waiting for a member: the candidates left and the attempt under way."""
+    __slots__ = ("client", "peer", "candidates", "next", "sock", "entry", "timer",
+                 "started", "callback")
+
+    def __init__(self, client: socket.socket, peer: str, candidates: list[RosterEntry]):
+        self.client = client
+        self.peer = peer
+        self.candidates = candidates
+        self.next = 0
+        self.sock: socket.socket | None = None
+        self.entry: RosterEntry | None = None
+        self.timer: Timer | None = None
+        self.started = 0.0
+        self.callback = None
+
+
+class Worker:
+    def __init__(self, index: int, listener: socket.socket, table: HealthTable,
+                 settings: WorkerSettings, master_pid: int):
+        self.index = index
+        self.listener = listener
+        self.table = table
+        self.settings = settings
+        self.master_pid = master_pid
+        self.state = SERVING
+        self.loop: Loop | None = None
+        self.pool: ChannelPool | None = None
+        self.sessions: set[Session] = set()
+        self.dials: set[Dial] = set()
+        self._roster_gen = -1
+        self._roster: list[RosterEntry] = []
+        self._accepting = False
+        self._drain_deadline = 0.0
+        self._emfile_logged = 0.0
+
+    # -- life ------------------------------------------------------------------------
+    def run(self) -> int:
+        """The worker's whole life after fork; returns its exit status."""
+        gwlog.setup(self.settings.log_level, self.settings.log_format, self.settings.log_file)
+        self.loop = Loop()
+        self.loop.handle_signals(
+            (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1), self._on_signal)
+        for ignored in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
+            signal.signal(ignored, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        use_splice = splice_works()
+        self.pool = ChannelPool(use_splice)
+        self.listener.setblocking(False)
+        self._resume_accepting()
+        self.loop.call_later(TICK, self._tick)
+        logger.debug("worker started", extra=gwlog.fields(worker=self.index, splice=use_splice))
+        while self.state != STOPPED:
+            self.loop.run_once(TICK)
+        self._close_all()
+        return 0
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.begin_drain()
+        elif signum == signal.SIGQUIT:
+            self.state = STOPPED
+        elif signum == signal.SIGUSR1:
+            gwlog.setup(self.settings.log_level, self.settings.log_format,
+                        self.settings.log_file)
+
+    def _tick(self) -> None:
+        if os.getppid() != self.master_pid:
+            logger.warning("master is gone; worker exits",
+                           extra=gwlog.fields(worker=self.index, master=self.master_pid))
+            self.state = STOPPED
+            return
+        for session in self.sessions:
+            self._flush_bytes(session)
+        if self.state == DRAINING:
+            if time.monotonic() >= self._drain_deadline:
+                logger.warning("shutdown timeout: closing connections still open",
+                               extra=gwlog.fields(worker=self.index,
+                                                  connections=len(self.sessions)))
+                self.state = STOPPED
+                return
+            self._stop_if_drained()
+        assert self.loop is not None
+        self.loop.call_later(TICK, self._tick)
+
+    def begin_drain(self) -> None:
+        """Stop accepting (close this worker's copy of the listener) and let open
+        sessions finish, for at most the shutdown timeout."""
+        if self.state != SERVING:
+            return
+        self.state = DRAINING
+        self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
+        self._pause_accepting()
+        self.listener.close()
+        logger.debug("worker draining", extra=gwlog.fields(
+            worker=self.index, connections=len(self.sessions) + len(self.dials)))
+        self._stop_if_drained()
+
+    def _stop_if_drained(self) -> None:
+        if self.state == DRAINING and not self.sessions and not self.dials:
+            self.state = STOPPED
+
+    def _close_all(self) -> None:
+        for dial in list(self.dials):
+            self._abandon_dial(dial)
+        for session in list(self.sessions):
+            if not session.ended:
+                session.ended = "closed at shutdown"
+            self._finish(session)
+        if self.pool is not None:
+            self.pool.close()
+        if self.listener.fileno() >= 0:
+            self.listener.close()
+
+    # -- accepting -------------------------------------------------------------------
+    def _resume_accepting(self) -> None:
+        if self.state == SERVING and not self._accepting:
+            assert self.loop is not None
+            self.loop.selector.register(self.listener.fileno(), READ, self._on_acceptable)
+            self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            assert self.loop is not None
+            self.loop.selector.unregister(self.listener.fileno())
+            self._accepting = False
+
+    def _on_acceptable(self, mask: int) -> None:
+        accept = self.listener.accept
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    self._out_of_descriptors(exc)
+                    return
+                logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))
+                return
+            client.setblocking(False)
+            self._start_dial(client, addr)
+            if self.state != SERVING:
+                return
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """EMFILE/ENFILE: stop reading the listener for a moment (or the loop would
+        spin on it), say so at most once a second, and carry on serving."""
+        self._pause_accepting()
+        assert self.loop is not None
+        self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+        now = time.monotonic()
+        if now - self._emfile_logged >= 1.0:
+            self._emfile_logged = now
+            logger.warning("out of file descriptors: pausing accept", extra=gwlog.fields(
+                worker=self.index, error=exc.strerror, pause=ACCEPT_PAUSE,
+                connections=len(self.sessions)))
+
+    # -- dialing ---------------------------------------------------------------------
+    def _current_roster(self) -> list[RosterEntry]:
+        gen = self.table.generation
+        if gen != self._roster_gen:
+            self._roster = self.table.roster()
+            self._roster_gen = gen
+        return self._roster
+
+    def _start_dial(self, client: socket.socket, addr: tuple) -> None:
+        roster = self._current_roster()
+        table = self.table
+        up = [table.is_up(e.slot) for e in roster]
+        candidates = picker.round_robin(roster, up, table.next_rr())
+        peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        dial = Dial(client, peer, candidates)
+        self.dials.add(dial)
+        if not any(up) and roster:
+            logger.warning("all endpoints are down: trying each once for a new client",
+                           extra=gwlog.fields(endpoints=[e.endpoint.address for e in roster]))
+        self._dial_next(dial)
+
+    def _dial_next(self, dial: Dial) -> None:
+        """Try candidates until one connects or is in progress; reject when none left."""
+        while dial.next < len(dial.candidates):
+            entry = dial.candidates[dial.next]
+            dial.next += 1
+            ep = entry.endpoint
+            try:
+                sock = socket.socket(ep.family, _SOCK_FLAGS)
+            except OSError as exc:
+                self._reject(dial, f"cannot open a socket: {exc.strerror}")
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            dial.started = time.monotonic()
+            err = sock.connect_ex(ep.sockaddr)
+            if err == 0:
+                self._connected(dial, sock, entry, 0)
+                return
+            if err in (errno.EINPROGRESS, errno.EAGAIN):
+                dial.sock, dial.entry = sock, entry
+                assert self.loop is not None
+                dial.callback = functools.partial(self._on_dial_ready, dial)
+                self.loop.selector.register(sock.fileno(), WRITE, dial.callback)
+                dial.timer = self.loop.call_later(self.settings.dial_timeout,
+                                                  functools.partial(self._on_dial_timeout, dial))
+                return
+            sock.close()
+            self._dial_failed(entry, f"dial tcp {ep.address}: connect: {os.strerror(err).lower()}")
+        self._reject(dial, "no endpoint could be reached")
+
+    def _on_dial_ready(self, dial: Dial, mask: int) -> None:
+        sock, entry = dial.sock, dial.entry
+        assert sock is not None and entry is not None and dial.timer is not None
+        dial.timer.cancel()
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            self._connected(dial, sock, entry, WRITE)
+            return
+        assert self.loop is not None
+        self.loop.selector.unregister(sock.fileno())
+        sock.close()
+        dial.sock = dial.entry = None
+        self._dial_failed(entry, f"dial tcp {entry.endpoint.address}: connect: "
+                                 f"{os.strerror(err).lower()}")
+        self._dial_next(dial)
+
+    def _on_dial_timeout(self, dial: Dial) -> None:
+        sock, entry = dial.sock, dial.entry
+        if sock is None or entry is None:
+            return
+        assert self.loop is not None
+        self.loop.selector.unregister(sock.fileno())
+        sock.close()
+        dial.sock = dial.entry = None
+        self._dial_failed(entry, f"dial tcp {entry.endpoint.address}: i/o timeout "
+                                 f"(dial timeout {self.settings.dial_timeout:g}s)")
+        self._dial_next(dial)
+
+    def _dial_failed(self, entry: RosterEntry, error: str) -> None:
+        table = self.table
+        table.add_at(table.counter_offset(self.index, entry.slot, C_DIAL_FAILURES), 1)
+        if table.mark_down(entry.slot, error):
+            logger.warning("deactivated endpoint", extra=gwlog.fields(
+                address=entry.endpoint.address, interval=self.settings.retry_delay, error=error))
+
+    def _reject(self, dial: Dial, reason: str) -> None:
+        self.dials.discard(dial)
+        logger.warning("rejected client: no endpoint could be reached", extra=gwlog.fields(
+            client=dial.peer, reason=reason, tried=dial.next))
+        _close_hard(dial.client)
+        self._stop_if_drained()
+
+    def _abandon_dial(self, dial: Dial) -> None:
+        if dial.sock is not None:
+            assert self.loop is not None
+            self.loop.selector.unregister(dial.sock.fileno())
+            dial.sock.close()
+        if dial.timer is not None:
+            dial.timer.cancel()
+        _close_hard(dial.client)
+        self.dials.discard(dial)
+
+    def _connected(self, dial: Dial, sock: socket.socket, entry: RosterEntry,
+                   registered: int) -> None:
+        self.dials.discard(dial)
+        table = self.table
+        slot = entry.slot
+        if not table.is_up(slot) and table.mark_up(slot):
+            logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
+        assert self.pool is not None
+        session = Session(dial.client, sock, self.pool, self._sync)
+        session.slot = slot
+        session.umask = registered
+        session.started = dial.started
+        session.peer = dial.peer
+        table.add_at(table.counter_offset(self.index, slot, C_CONNECTIONS), 1)
+        table.add_at(table.counter_offset(self.index, slot, C_ACTIVE), 1)
+        self.sessions.add(session)
+        if registered:
+            # the upstream is registered for WRITE under the dial's callback: rebind it
+            assert self.loop is not None
+            self.loop.selector.modify(sock.fileno(), registered, session.on_upstream)
+        session.on_client(READ)  # the client has usually spoken already: save a wake-up
+
+    # -- sessions --------------------------------------------------------------------
+    def _sync(self, session: Session) -> None:
+        """Called by a session after each event: register what it now wants."""
+        if session.ended:
+            self._finish(session)
+            return
+        selector = self.loop.selector  # type: ignore[union-attr]
+        want = session.client_interest()
+        if want != session.cmask:
+            fd = session.up.src
+            if session.cmask == 0:
+                selector.register(fd, want, session.on_client)
+            elif want == 0:
+                selector.unregister(fd)
+            else:
+                selector.modify(fd, want, session.on_client)
+            session.cmask = want
+        want = session.upstream_interest()
+        if want != session.umask:
+            fd = session.down.src
+            if session.umask == 0:
+                selector.register(fd, want, session.on_upstream)
+            elif want == 0:
+                selector.unregister(fd)
+            else:
+                selector.modify(fd, want, session.on_upstream)
+            session.umask = want
+
+    def _finish(self, session: Session) -> None:
+        """Tear a session down: unregister both sockets, close them, count it."""
+        if session not in self.sessions:
+            return
+        selector = self.loop.selector  # type: ignore[union-attr]
+        if session.cmask:
+            selector.unregister(session.up.src)
+            session.cmask = 0
+        if session.umask:
+            selector.unregister(session.down.src)
+            session.umask = 0
+        self.sessions.discard(session)
+        self._flush_bytes(session)
+        up, down = session.up.moved, session.down.moved
+        session.close()
+        table = self.table
+        table.add_at(table.counter_offset(self.index, session.slot, C_ACTIVE), -1)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("connection closed", extra=gwlog.fields(
+                client=session.peer, endpoint=self._address_of(session.slot),
+                sent_bytes=up, received_bytes=down,
+                duration=round(time.monotonic() - session.started, 6), end=session.ended))
+        self._stop_if_drained()
+
+    def _flush_bytes(self, session: Session) -> None:
+        table, slot = self.table, session.slot
+        delta = session.up.moved - session.flushed_up
+        if delta:
+            table.add_at(table.counter_offset(self.index, slot, C_BYTES_SENT), delta)
+            session.flushed_up += delta
+        delta = session.down.moved - session.flushed_down
+        if delta:
+            table.add_at(table.counter_offset(self.index, slot, C_BYTES_RECEIVED), delta)
+            session.flushed_down += delta
+
+    def _address_of(self, slot: int) -> str:
+        for entry in self._roster:
+            if entry.slot == slot:
+                return entry.endpoint.address
+        return f"slot {slot}"
+
+
+def _close_hard(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    except OSError:
+        pass
+    sock.close()
+
