@@ -111,5 +111,19 @@ class Loop:
         self._timers.clear()
 
 
+def set_interest(selector: selectors.BaseSelector, fd: int, old: int, new: int,
+                 callback: Callable[[int], None]) -> int:
+    """Move `fd` from interest `old` to `new` (0 = unregistered), touching the kernel
+    only when it changed; returns `new`."""
+    if new != old:
+        if old == 0:
+            selector.register(fd, new, callback)
+        elif new == 0:
+            selector.unregister(fd)
+        else:
+            selector.modify(fd, new, callback)
+    return new
+
+
 def _record_only(signum: int, frame: object) -> None:
     """The Python-level handler: the wake-up fd already carries the signal number."""

@@ -26,7 +26,7 @@ from gateway import log as gwlog
 from gateway import picker
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, HealthTable, RosterEntry)
-from gateway.loop import Loop, Timer
+from gateway.loop import Loop, Timer, set_interest
 from gateway.relay import READ, WRITE, ChannelPool, Session, splice_works
 
 ACCEPT_BATCH = 64
@@ -343,26 +343,10 @@ class Worker:
             self._finish(session)
             return
         selector = self.loop.selector  # type: ignore[union-attr]
-        want = session.client_interest()
-        if want != session.cmask:
-            fd = session.up.src
-            if session.cmask == 0:
-                selector.register(fd, want, session.on_client)
-            elif want == 0:
-                selector.unregister(fd)
-            else:
-                selector.modify(fd, want, session.on_client)
-            session.cmask = want
-        want = session.upstream_interest()
-        if want != session.umask:
-            fd = session.down.src
-            if session.umask == 0:
-                selector.register(fd, want, session.on_upstream)
-            elif want == 0:
-                selector.unregister(fd)
-            else:
-                selector.modify(fd, want, session.on_upstream)
-            session.umask = want
+        session.cmask = set_interest(selector, session.up.src, session.cmask,
+                                     session.client_interest(), session.on_client)
+        session.umask = set_interest(selector, session.down.src, session.umask,
+                                     session.upstream_interest(), session.on_upstream)
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: unregister both sockets, close them, count it."""

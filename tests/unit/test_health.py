@@ -1,0 +1,120 @@
+"""The shared-memory table: roster, marks and counters, seen across fork."""
+import os
+import socket
+import time
+
+from gateway.health import (C_ACTIVE, C_BYTES_SENT, C_CONNECTIONS, Endpoint, HealthTable)
+
+
+def ep(port, label=None):
+    return Endpoint(label or f"127.0.0.1:{port}", socket.AF_INET, "127.0.0.1", port)
+
+
+def test_publish_gives_every_endpoint_a_slot():
+    table = HealthTable()
+    roster = table.publish([ep(1), ep(2), ep(3)])
+    assert [e.endpoint.port for e in roster] == [1, 2, 3]
+    assert len({e.slot for e in roster}) == 3
+
+
+def test_endpoints_that_remain_keep_their_slot_and_mark():
+    table = HealthTable()
+    first = {e.endpoint.port: e.slot for e in table.publish([ep(1), ep(2)])}
+    table.mark_down(first[2], "refused")
+    second = {e.endpoint.port: e.slot for e in table.publish([ep(2), ep(3)])}
+    assert second[2] == first[2]
+    assert not table.is_up(second[2])
+    assert table.is_up(second[3])
+
+
+def test_new_endpoints_start_up_and_do_not_reuse_a_just_freed_slot():
+    table = HealthTable()
+    slot1 = table.publish([ep(1)])[0].slot
+    table.mark_down(slot1, "x")
+    slot2 = table.publish([ep(2)])[0].slot
+    assert slot2 != slot1
+    assert table.is_up(slot2)
+
+
+def test_mark_down_reports_only_the_transition():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    assert table.mark_down(slot, "refused") is True
+    assert table.mark_down(slot, "refused") is False
+    assert table.last_error(slot) == "refused"
+
+
+def test_mark_up_is_compare_and_clear():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    table.mark_down(slot, "a", now=100.0)
+    seen = table.down_at(slot)
+    table.mark_down(slot, "b", now=200.0)  # a newer failure while the probe ran
+    assert table.mark_up(slot, if_down_at=seen) is False
+    assert not table.is_up(slot)
+    assert table.mark_up(slot, if_down_at=table.down_at(slot)) is True
+    assert table.is_up(slot)
+
+
+def test_generation_moves_on_every_publish():
+    table = HealthTable()
+    g0 = table.generation
+    table.publish([ep(1)])
+    assert table.generation == g0 + 2
+
+
+def test_a_mark_made_in_a_child_is_seen_by_the_parent():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    pid = os.fork()
+    if pid == 0:
+        table.mark_down(slot, "seen by child")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert not table.is_up(slot)
+    assert table.last_error(slot) == "seen by child"
+
+
+def test_round_robin_counter_is_shared_across_processes():
+    table = HealthTable()
+    table.next_rr()
+    pid = os.fork()
+    if pid == 0:
+        table.next_rr()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert table.next_rr() == 2
+
+
+def test_counters_sum_workers_and_survive_a_released_worker_slot():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    w0 = table.claim_worker_slot(100)
+    w1 = table.claim_worker_slot(101)
+    table.add_at(table.counter_offset(w0, slot, C_CONNECTIONS), 3)
+    table.add_at(table.counter_offset(w1, slot, C_CONNECTIONS), 4)
+    table.add_at(table.counter_offset(w1, slot, C_BYTES_SENT), 1000)
+    table.add_at(table.counter_offset(w1, slot, C_ACTIVE), 2)
+    assert table.counter(slot, C_CONNECTIONS) == 7
+    table.release_worker_slot(w1)
+    assert table.counter(slot, C_CONNECTIONS) == 7
+    assert table.counter(slot, C_BYTES_SENT) == 1000
+    assert table.counter(slot, C_ACTIVE) == 0  # a dead worker's connections are gone
+    w2 = table.claim_worker_slot(102)
+    assert w2 == w1 and table.counter(slot, C_CONNECTIONS, worker=w2) == 0
+
+
+def test_gauges_never_go_below_zero():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    w = table.claim_worker_slot(1)
+    table.add_at(table.counter_offset(w, slot, C_ACTIVE), -1)
+    assert table.counter(slot, C_ACTIVE, worker=w) == 0
+
+
+def test_last_change_is_recorded_on_transitions():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    before = time.time()
+    table.mark_down(slot, "x")
+    assert table.last_change(slot) >= before

@@ -1,0 +1,262 @@
+"""The relay on real sockets: integrity, half-close, resets, backpressure, idle cost.
+
+Each test runs with both channels: splice through a pipe, and the recv/send copy
+fallback. The session is driven by a tiny selector loop here, as a worker drives it.
+"""
+import hashlib
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from gateway.loop import set_interest
+from gateway.relay import (PIPE_SIZE, ChannelPool, CopyChannel, Session, SpliceChannel,
+                           splice_works)
+
+MODES = ["splice", "copy"]
+
+
+class Driver:
+    """Runs sessions the way a worker does: register what each session wants."""
+
+    def __init__(self, mode: str):
+        self.sel = selectors.DefaultSelector()
+        self.pool = ChannelPool(use_splice=(mode == "splice"))
+        self.ended: list[Session] = []
+
+    def start(self, client: socket.socket, upstream: socket.socket) -> Session:
+        client.setblocking(False)
+        upstream.setblocking(False)
+        session = Session(client, upstream, self.pool, self.sync)
+        self.sync(session)
+        return session
+
+    def sync(self, s: Session) -> None:
+        if s.ended:
+            if s.cmask:
+                self.sel.unregister(s.up.src)
+            if s.umask:
+                self.sel.unregister(s.down.src)
+            s.cmask = s.umask = 0
+            s.close()
+            self.ended.append(s)
+            return
+        s.cmask = set_interest(self.sel, s.up.src, s.cmask, s.client_interest(), s.on_client)
+        s.umask = set_interest(self.sel, s.down.src, s.umask, s.upstream_interest(),
+                               s.on_upstream)
+
+    def run_until(self, condition, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            for key, mask in self.sel.select(0.02):
+                key.data(mask)
+
+    def settle(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for key, mask in self.sel.select(0.02):
+                key.data(mask)
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        a = socket.create_connection(server.getsockname(), timeout=5)
+        b, _ = server.accept()
+    return a, b
+
+
+def read_all(sock: socket.socket, limit: int = 1 << 30) -> bytes:
+    chunks = []
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+        assert sum(map(len, chunks)) <= limit
+
+
+@pytest.fixture(params=MODES)
+def mode(request):
+    if request.param == "splice" and not splice_works():
+        pytest.fail("os.splice is expected to work on this Linux machine")
+    return request.param
+
+
+@pytest.fixture
+def wired(mode):
+    """app <-> [client | session | upstream] <-> member, on loopback TCP."""
+    app, client = tcp_pair()
+    upstream, member = tcp_pair()
+    driver = Driver(mode)
+    session = driver.start(client, upstream)
+    yield driver, session, app, member
+    for sock in (app, member, client, upstream):
+        sock.close()
+
+
+def test_splice_is_available_here():
+    assert splice_works()
+
+
+def test_bytes_arrive_intact_in_both_directions(wired):
+    driver, session, app, member = wired
+    up_data, down_data = os.urandom(6 << 20), os.urandom(5 << 20)
+    got = {}
+
+    def app_side():
+        sender = threading.Thread(target=lambda: (app.sendall(up_data),
+                                                  app.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got["down"] = read_all(app)
+        sender.join()
+
+    def member_side():
+        sender = threading.Thread(target=lambda: (member.sendall(down_data),
+                                                  member.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got["up"] = read_all(member)
+        sender.join()
+
+    threads = [threading.Thread(target=app_side), threading.Thread(target=member_side)]
+    for t in threads:
+        t.start()
+    driver.run_until(lambda: session.ended, timeout=30)
+    for t in threads:
+        t.join(10)
+    assert hashlib.sha256(got["up"]).digest() == hashlib.sha256(up_data).digest()
+    assert hashlib.sha256(got["down"]).digest() == hashlib.sha256(down_data).digest()
+    assert session.ended == "closed"
+    assert (session.up.moved, session.down.moved) == (len(up_data), len(down_data))
+
+
+def test_half_close_is_carried_and_the_other_direction_keeps_working(wired):
+    driver, session, app, member = wired
+    app.sendall(b"request")
+    app.shutdown(socket.SHUT_WR)
+    member.settimeout(5)
+    driver.run_until(lambda: session.up.done)
+    assert read_all(member) == b"request"   # EOF reached the member
+    assert not session.finished              # the reply direction is still open
+    member.sendall(b"reply after the client's EOF")
+    member.shutdown(socket.SHUT_WR)
+    driver.run_until(lambda: session.ended)
+    app.settimeout(5)
+    assert read_all(app) == b"reply after the client's EOF"
+    assert session.ended == "closed"
+
+
+def test_session_ends_only_when_both_directions_are_done(wired):
+    driver, session, app, member = wired
+    member.shutdown(socket.SHUT_WR)
+    driver.run_until(lambda: session.down.done)
+    driver.settle(0.1)
+    assert not session.ended
+    app.sendall(b"still flowing")
+    member.settimeout(5)
+    driver.run_until(lambda: session.up.moved == 13)
+    assert member.recv(100) == b"still flowing"
+
+
+def test_a_reset_from_the_member_resets_the_client(wired):
+    driver, session, app, member = wired
+    app.sendall(b"x")
+    driver.run_until(lambda: session.up.moved == 1)
+    member.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    member.close()
+    driver.run_until(lambda: session.ended)
+    assert session.ended.startswith("reset")
+    app.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        read_all(app)
+
+
+def test_a_reset_from_the_client_resets_the_member(wired):
+    driver, session, app, member = wired
+    app.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    app.close()
+    driver.run_until(lambda: session.ended)
+    member.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        read_all(member)
+
+
+def test_a_destination_that_reads_nothing_stops_the_source_being_read(wired):
+    driver, session, app, member = wired
+    app.setblocking(False)
+    sent = 0
+    block = b"z" * 65536
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # fill until the app's own buffer is full too
+        try:
+            sent += app.send(block)
+        except BlockingIOError:
+            driver.settle(0.05)
+            try:
+                sent += app.send(block)
+            except BlockingIOError:
+                break
+    driver.settle(0.2)
+    assert session.up.pending > 0               # bytes wait in the channel
+    assert not session.client_interest() & 1    # the client is not read meanwhile
+    in_flight = session.up.pending
+    assert in_flight <= max(PIPE_SIZE, 1 << 20)
+    assert session.up.moved < sent              # the rest stays in kernel buffers
+    assert not session.ended
+
+
+def test_an_idle_session_holds_no_channel(wired):
+    driver, session, app, member = wired
+    app.sendall(b"ping")
+    member.settimeout(5)
+    driver.run_until(lambda: session.up.moved == 4)
+    assert member.recv(10) == b"ping"
+    member.sendall(b"pong")
+    driver.run_until(lambda: session.down.moved == 4)
+    assert session.up.chan is None and session.down.chan is None
+    assert driver.pool.pipes_open == driver.pool.idle()
+
+
+def test_closing_with_bytes_in_flight_destroys_the_channel(mode):
+    pool = ChannelPool(use_splice=(mode == "splice"))
+    chan = pool.get()
+    a, b = socket.socketpair()
+    a.sendall(b"left over")
+    assert chan.fill(b.fileno()) == 9
+    pool.discard(chan)
+    assert pool.idle() == 0
+    assert pool.pipes_open == 0
+    a.close()
+    b.close()
+
+
+def test_pool_lends_copy_buffers_when_splice_is_off():
+    assert isinstance(ChannelPool(use_splice=False).get(), CopyChannel)
+    pool = ChannelPool(use_splice=True)
+    chan = pool.get()
+    assert isinstance(chan, SpliceChannel)
+    pool.discard(chan)
+
+
+def test_pool_falls_back_to_copying_when_no_pipe_can_be_made():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    pool = ChannelPool(use_splice=True)
+    hoard = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        try:
+            while True:
+                hoard.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        chan = pool.get()
+    finally:
+        for fd in hoard:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert isinstance(chan, CopyChannel)
