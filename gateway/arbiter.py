@@ -50,6 +50,7 @@ class WorkerRecord:
     index: int
     started: float
     settings: WorkerSettings
+    listener_gen: int        # which listener it was forked with
     retiring: bool = False
 
 
@@ -73,6 +74,7 @@ class Arbiter:
         self._deaths: collections.deque[float] = collections.deque()
         self._stop_deadline = 0.0
         self._quitting = False
+        self._listener_gen = 0
 
     # -- start -----------------------------------------------------------------------
     def run(self) -> int:
@@ -131,14 +133,20 @@ class Arbiter:
 
     # -- workers -----------------------------------------------------------------------
     def manage_workers(self) -> None:
-        """Make the set of serving workers match the desired count."""
+        """Make the serving workers match the desired count, settings and listener.
+        Workers forked with older settings or an older listener are replaced: the new
+        ones are started first, then the old ones drain, so accepting never pauses."""
         if self.state != RUNNING:
             return
+        settings = self._worker_settings()
         serving = sorted((w for w in self.workers.values() if not w.retiring),
                          key=lambda w: w.started)
-        for _ in range(self.desired_workers - len(serving)):
+        current = [w for w in serving
+                   if w.settings == settings and w.listener_gen == self._listener_gen]
+        stale = [w for w in serving if w not in current]
+        for _ in range(self.desired_workers - len(current)):
             self._spawn()
-        for record in serving[:max(0, len(serving) - self.desired_workers)]:
+        for record in stale + current[:max(0, len(current) - self.desired_workers)]:
             self._retire(record)
 
     def _spawn(self) -> None:
@@ -156,7 +164,8 @@ class Arbiter:
             self._become_worker(index, settings)  # never returns
         self.table.set_worker_pid(index, pid)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        self.workers[pid] = WorkerRecord(pid, index, time.monotonic(), settings)
+        self.workers[pid] = WorkerRecord(pid, index, time.monotonic(), settings,
+                                         self._listener_gen)
         logger.info("started worker", extra=gwlog.fields(worker=index, worker_pid=pid))
 
     def _become_worker(self, index: int, settings: WorkerSettings) -> None:
@@ -296,19 +305,39 @@ class Arbiter:
         try:
             new = gwconfig.load(self.argv, self.environ)
             endpoints = discovery.resolve_static(new)
+            _check_log_file(new.log_file)
         except gwconfig.ConfigError as exc:
             logger.error("reload failed; keeping the running configuration",
                          extra=gwlog.fields(error=str(exc)))
             sysd.notify("READY=1")
             return
+        old = self.config
+        old_listener = None
+        if new.listen_addr != old.listen_addr:
+            try:
+                new_listener = listeners.bind(new.listen_addr)
+            except listeners.ListenError as exc:
+                logger.error("reload failed; keeping the running configuration",
+                             extra=gwlog.fields(error=str(exc)))
+                sysd.notify("READY=1")
+                return
+            old_listener, self.listener = self.listener, new_listener
+            self._listener_gen += 1
         old_addresses = [e.endpoint.address for e in self.table.roster()]
         self.table.publish(endpoints)
         self.config = new
         self.prober.configure(new.dial_timeout, new.retry_delay)
-        self.desired_workers = new.workers
+        if new.workers != old.workers:
+            self.desired_workers = new.workers
+        if (new.log_level, new.log_format, new.log_file) != (
+                old.log_level, old.log_format, old.log_file):
+            gwlog.setup(new.log_level, new.log_format, new.log_file)
         self.manage_workers()
+        if old_listener is not None:
+            old_listener.close()  # the retiring workers close their own copies
         logger.info("reloaded", extra=gwlog.fields(
-            endpoints=[ep.address for ep in endpoints], previous=old_addresses))
+            changed=_changed_options(old, new), endpoints=[ep.address for ep in endpoints],
+            previous_endpoints=old_addresses))
         sysd.notify("READY=1")
 
     # -- timers ------------------------------------------------------------------------
@@ -316,6 +345,24 @@ class Arbiter:
         if self.state == RUNNING:
             self.prober.tick()
         self.loop.call_later(PROBE_PERIOD, self._probe_tick)
+
+
+def _check_log_file(path: str) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise gwconfig.ConfigError(
+            f"option --log-file: cannot open {path!r}: {exc.strerror}") from None
+
+
+def _changed_options(old: gwconfig.Config, new: gwconfig.Config) -> dict[str, list[str]]:
+    """{option: [old, new]} for every option whose effective value changed."""
+    return {name: [old.describe(name), new.describe(name)]
+            for name in gwconfig.option_names()
+            if old.describe(name) != new.describe(name)}
 
 
 def _describe_status(status: int) -> str:

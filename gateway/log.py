@@ -25,6 +25,26 @@ def fields(**values: Any) -> dict[str, Any]:
     return {"fields": values}
 
 
+class Throttle:
+    """At most one line per `period` for a repeated event; `allow()` returns how many
+    were suppressed since the last line (to log with it), or None to stay quiet."""
+    __slots__ = ("period", "last", "suppressed")
+
+    def __init__(self, period: float = 1.0):
+        self.period = period
+        self.last = float("-inf")
+        self.suppressed = 0
+
+    def allow(self) -> int | None:
+        now = time.monotonic()
+        if now - self.last < self.period:
+            self.suppressed += 1
+            return None
+        self.last = now
+        suppressed, self.suppressed = self.suppressed, 0
+        return suppressed
+
+
 def get(name: str = "") -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}" if name else LOGGER_NAME)
 

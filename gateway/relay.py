@@ -105,7 +105,9 @@ def splice_works() -> bool:
 class ChannelPool:
     """Per-worker free list of empty channels. Pipes are made on demand and kept up to
     `keep` idle; if a pipe cannot be made (EMFILE, or splice disabled) a copy buffer is
-    lent instead, so a session never fails for want of a pipe."""
+    lent instead, so a session never fails for want of a pipe. `trim()`, called
+    periodically, closes the idle ones when none was lent since the last call, so a
+    burst does not leave its pipes (2 fds each) behind."""
 
     def __init__(self, use_splice: bool, keep: int = 64):
         self.use_splice = use_splice
@@ -113,8 +115,10 @@ class ChannelPool:
         self._pipes: list[SpliceChannel] = []
         self._buffers: list[CopyChannel] = []
         self.pipes_open = 0  # pipes in existence (lent + idle), for figures and tests
+        self._lent_since_trim = False
 
     def get(self) -> SpliceChannel | CopyChannel:
+        self._lent_since_trim = True
         if self.use_splice:
             if self._pipes:
                 return self._pipes.pop()
@@ -151,6 +155,14 @@ class ChannelPool:
 
     def idle(self) -> int:
         return len(self._pipes)
+
+    def trim(self) -> None:
+        """Close every idle channel if none was lent since the previous trim."""
+        if not self._lent_since_trim:
+            while self._pipes:
+                self.discard(self._pipes.pop())
+            self._buffers.clear()
+        self._lent_since_trim = False
 
     def close(self) -> None:
         for chan in self._pipes + self._buffers:

@@ -84,7 +84,9 @@ class Worker:
         self._roster: list[RosterEntry] = []
         self._accepting = False
         self._drain_deadline = 0.0
-        self._emfile_logged = 0.0
+        self._emfile_log = gwlog.Throttle()
+        self._reject_log = gwlog.Throttle()
+        self._all_down_log = gwlog.Throttle()
 
     # -- life ------------------------------------------------------------------------
     def run(self) -> int:
@@ -124,6 +126,8 @@ class Worker:
             return
         for session in self.sessions:
             self._flush_bytes(session)
+        assert self.pool is not None
+        self.pool.trim()
         if self.state == DRAINING:
             if time.monotonic() >= self._drain_deadline:
                 logger.warning("shutdown timeout: closing connections still open",
@@ -203,12 +207,11 @@ class Worker:
         self._pause_accepting()
         assert self.loop is not None
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
-        now = time.monotonic()
-        if now - self._emfile_logged >= 1.0:
-            self._emfile_logged = now
+        suppressed = self._emfile_log.allow()
+        if suppressed is not None:
             logger.warning("out of file descriptors: pausing accept", extra=gwlog.fields(
                 worker=self.index, error=exc.strerror, pause=ACCEPT_PAUSE,
-                connections=len(self.sessions)))
+                connections=len(self.sessions), repeats=suppressed))
 
     # -- dialing ---------------------------------------------------------------------
     def _current_roster(self) -> list[RosterEntry]:
@@ -227,8 +230,12 @@ class Worker:
         dial = Dial(client, peer, candidates)
         self.dials.add(dial)
         if not any(up) and roster:
-            logger.warning("all endpoints are down: trying each once for a new client",
-                           extra=gwlog.fields(endpoints=[e.endpoint.address for e in roster]))
+            suppressed = self._all_down_log.allow()
+            if suppressed is not None:
+                logger.warning("all endpoints are down: trying each once for a new client",
+                               extra=gwlog.fields(
+                                   endpoints=[e.endpoint.address for e in roster],
+                                   repeats=suppressed))
         self._dial_next(dial)
 
     def _dial_next(self, dial: Dial) -> None:
@@ -299,8 +306,10 @@ class Worker:
 
     def _reject(self, dial: Dial, reason: str) -> None:
         self.dials.discard(dial)
-        logger.warning("rejected client: no endpoint could be reached", extra=gwlog.fields(
-            client=dial.peer, reason=reason, tried=dial.next))
+        suppressed = self._reject_log.allow()
+        if suppressed is not None:
+            logger.warning("rejected client: no endpoint could be reached", extra=gwlog.fields(
+                client=dial.peer, reason=reason, tried=dial.next, repeats=suppressed))
         _close_hard(dial.client)
         self._stop_if_drained()
 

@@ -260,3 +260,14 @@ def test_pool_falls_back_to_copying_when_no_pipe_can_be_made():
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert isinstance(chan, CopyChannel)
+
+
+def test_trim_closes_idle_pipes_only_after_a_quiet_period():
+    pool = ChannelPool(use_splice=True)
+    chans = [pool.get() for _ in range(3)]
+    for chan in chans:
+        pool.put(chan)
+    pool.trim()                      # lent since the last trim: kept
+    assert pool.idle() == 3
+    pool.trim()                      # a quiet period: closed
+    assert pool.idle() == 0 and pool.pipes_open == 0
