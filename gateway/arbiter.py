@@ -80,7 +80,7 @@ class Arbiter:
     def run(self) -> int:
         """Start, serve until stopped, and return the exit status."""
         self._raise_nofile_limit()
-        endpoints = discovery.resolve_static(self.config)
+        endpoints = discovery.resolve(self.config)
         self.listener = self._open_listener()
         self.table.publish(endpoints)
         self.loop.handle_signals(HANDLED, self._on_signal)
@@ -304,7 +304,7 @@ class Arbiter:
         sysd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = gwconfig.load(self.argv, self.environ)
-            endpoints = discovery.resolve_static(new)
+            endpoints = discovery.resolve(new)
             _check_log_file(new.log_file)
         except gwconfig.ConfigError as exc:
             logger.error("reload failed; keeping the running configuration",

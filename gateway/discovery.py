@@ -14,6 +14,14 @@ from gateway.config import Config, ConfigError
 from gateway.health import Endpoint
 
 
+def resolve(config: Config) -> list[Endpoint]:
+    """The roster for `config`; never falls back from discovery to `--endpoints`."""
+    if config.discovery_srv:
+        raise ConfigError(f"option --discovery-srv: {config.discovery_srv!r}: SRV discovery "
+                          "is not available in this build; give --endpoints instead")
+    return resolve_static(config)
+
+
 def resolve_static(config: Config) -> list[Endpoint]:
     """The `--endpoints` list as roster entries; ConfigError names the bad one."""
     listen = config.listen_addr

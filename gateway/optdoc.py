@@ -1,0 +1,46 @@
+"""Documents generated from the option table: conf/gateway.conf and the README table.
+
+design: the table in config.py is the single source; `scripts/gen-docs` writes these
+texts and a unit test fails when the committed files drift from them.
+"""
+from __future__ import annotations
+
+import textwrap
+
+from gateway.config import OPTIONS
+
+CONF_HEADER = """\
+# etcd-gatewayd configuration file.
+#
+# One `option = value` per line; the keys are the long command-line flag names.
+# Precedence: command line > environment (ETCD_GATEWAY_<OPTION>) > this file > defaults.
+# Every option is listed below, commented out, with its default.
+# Generated from gateway/config.py by scripts/gen-docs: edit the table, not this file.
+"""
+
+
+def render_conf() -> str:
+    parts = [CONF_HEADER]
+    for opt in OPTIONS:
+        lines = textwrap.wrap(opt.help, 86)
+        origin = "as in etcd gateway" if opt.origin == "etcd" else "etcd-gatewayd only"
+        reload_note = "applied on SIGHUP" if opt.reloadable else "needs a restart"
+        lines.append(f"({origin}; {reload_note}; env {opt.env})")
+        default = opt.default_text() if opt.name != "workers" else "<CPUs available>"
+        parts.append("\n".join("# " + line for line in lines)
+                     + f"\n# {opt.name} = {default}\n")
+    return "\n".join(parts)
+
+
+def render_flag_table() -> str:
+    rows = ["| flag | default | environment | from | reload | meaning |",
+            "|---|---|---|---|---|---|"]
+    for opt in OPTIONS:
+        default = opt.default_text() if opt.name != "workers" else "CPUs available"
+        rows.append(
+            f"| `--{opt.name}` | `{default}` | `{opt.env}` | "
+            f"{'etcd' if opt.origin == 'etcd' else 'new'} | "
+            f"{'yes' if opt.reloadable else 'restart'} | {opt.help} |")
+    rows.append("| `-c`, `--config` | none | | new | | Config file: one `option = value` "
+                "per line, keys are the long flag names. |")
+    return "\n".join(rows) + "\n"
