@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except gwconfig.ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
+    if "--check-config" in args:
+        return check_config(config)
     try:
         gwlog.setup(config.log_level, config.log_format, config.log_file)
     except OSError as exc:
@@ -49,3 +51,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def check_config(config: gwconfig.Config) -> int:
+    """Print the effective configuration and each value's source; bind nothing."""
+    from gateway import discovery
+
+    try:
+        endpoints = discovery.resolve(config)
+    except gwconfig.ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    rows = [(name, config.describe(name), config.sources.get(name, "default"))
+            for name in gwconfig.option_names()]
+    if config.config_file:
+        rows.insert(0, ("config", config.config_file, "flag"))
+    width = [max(len(r[i]) for r in rows + [("option", "value", "source")]) for i in range(2)]
+    print(f"{'option':<{width[0]}}  {'value':<{width[1]}}  source")
+    for name, value, source in rows:
+        print(f"{name:<{width[0]}}  {value:<{width[1]}}  {source}")
+    print(f"resolved endpoints: {', '.join(ep.address for ep in endpoints)}")
+    print("configuration is valid")
+    return 0

@@ -202,10 +202,12 @@ def build_parser() -> configargparse.ArgParser:
         config_arg_help_message="Config file: one `option = value` per line (long flag names).",
         auto_env_var_prefix=ENV_PREFIX,
         ignore_unknown_config_file_keys=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Precedence: command line > ETCD_GATEWAY_* environment > config file > "
+               "defaults. Durations use Go's syntax (500ms, 5s, 1m0s).",
     )
     for opt in OPTIONS:
-        kwargs: dict[str, Any] = {"help": opt.help, "dest": opt.dest}
+        help_text = f"{opt.help} [default: {opt.default_text() or 'none'}; env {opt.env}]"
+        kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%"), "dest": opt.dest}
         if opt.metavar:
             kwargs["metavar"] = opt.metavar
         if opt.repeatable:
@@ -215,6 +217,11 @@ def build_parser() -> configargparse.ArgParser:
         else:
             kwargs["default"] = None
         parser.add_argument("--" + opt.name, **kwargs)
+    parser.add_argument("--check-config", action="store_true", env_var=None,
+                        help="Validate the configuration, print each effective value and "
+                             "where it came from, and exit (0 valid, 2 invalid).")
+    parser.add_argument("--version", action="store_true", env_var=None,
+                        help="Print the version and exit.")
     return parser
 
 
