@@ -115,7 +115,10 @@ class Arbiter:
                     soft=soft, hard=hard, error=str(exc)))
 
     def _open_listener(self) -> socket.socket:
-        adopted = listeners.systemd_listener(self.environ)
+        try:
+            adopted = listeners.systemd_listener(self.environ)
+        except listeners.ListenError as exc:
+            raise FatalError(str(exc)) from None
         if adopted is not None:
             logger.info("adopted listener from systemd", extra=gwlog.fields(
                 address=listeners.bound_address(adopted)))
@@ -332,9 +335,11 @@ class Arbiter:
         if (new.log_level, new.log_format, new.log_file) != (
                 old.log_level, old.log_format, old.log_file):
             gwlog.setup(new.log_level, new.log_format, new.log_file)
-        self.manage_workers()
         if old_listener is not None:
-            old_listener.close()  # the retiring workers close their own copies
+            # closed before forking, or the new workers would inherit it and keep the
+            # old port open; the retiring workers hold (and then close) their own copies
+            old_listener.close()
+        self.manage_workers()
         logger.info("reloaded", extra=gwlog.fields(
             changed=_changed_options(old, new), endpoints=[ep.address for ep in endpoints],
             previous_endpoints=old_addresses))

@@ -74,9 +74,13 @@ def systemd_listener(environ: dict[str, str] | None = None) -> socket.socket | N
         return None
     if pid != os.getpid() or count < 1:
         return None
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as exc:
+        raise ListenError(f"socket activation (LISTEN_FDS={count}): fd "
+                          f"{SD_LISTEN_FDS_START} is not a socket: {exc.strerror}") from None
     if sock.type != socket.SOCK_STREAM:
-        raise ListenError("socket activation: fd 3 is not a stream socket")
+        raise ListenError(f"socket activation: fd {SD_LISTEN_FDS_START} is not a stream socket")
     sock.setblocking(False)
     _tune(sock)
     return sock

@@ -288,7 +288,8 @@ class Session:
     # -- teardown ------------------------------------------------------------------
     def close(self) -> None:
         """Release everything: channels back to the pool (or destroyed if they still
-        hold bytes), both sockets closed; hard (SO_LINGER 0) unless it ended cleanly.
+        hold bytes), both sockets closed; hard (SO_LINGER 0) when a reset ended it, so
+        the peer of a reset sees a reset; otherwise with a FIN.
         Idempotent. The worker unregisters the sockets before calling this."""
         for d in (self.up, self.down):
             if d.chan is not None:
@@ -298,7 +299,7 @@ class Session:
                     self.pool.put(d.chan)
                 d.chan = None
             d.done = True
-        hard = self.ended != "closed"
+        hard = self.ended.startswith("reset")
         for sock in (self.client, self.upstream):
             if sock.fileno() < 0:
                 continue
