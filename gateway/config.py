@@ -82,6 +82,20 @@ def _endpoint_list(values: list[str]) -> list[addresses.HostPort]:
     return addresses.parse_endpoint_list(values)
 
 
+def _resolver_list(text: str) -> tuple[addresses.HostPort, ...]:
+    """DNS servers as HOST[:PORT],...; port 53 when omitted; empty = /etc/resolv.conf."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        hp = addresses.parse_endpoint(item)
+        if ":" not in item.rsplit("]", 1)[-1]:
+            hp = addresses.HostPort(hp.host, 53)
+        out.append(hp)
+    return tuple(out)
+
+
 def _default_workers() -> str:
     try:
         return str(len(os.sched_getaffinity(0)))
@@ -130,6 +144,13 @@ OPTIONS: tuple[Option, ...] = (
            "Accept SRV records for plain-text members (_etcd-client._tcp).", boolean=True),
     Option("trusted-ca-file", _text, "",
            "CA bundle that validates the members found by SRV discovery.", metavar="FILE"),
+    Option("discovery-srv-resolver", _resolver_list, "",
+           "DNS servers to query for SRV records, HOST[:PORT],... (port 53 when omitted; "
+           "default: /etc/resolv.conf), e.g. a Consul agent at 127.0.0.1:8600.",
+           origin="new", metavar="HOST[:PORT],..."),
+    Option("discovery-srv-refresh", _duration_or_zero, "30s",
+           "How often SRV records are queried again (0 turns periodic refresh off; "
+           "SIGHUP always re-queries).", origin="new", metavar="DURATION"),
     Option("retry-delay", _duration, "1m0s",
            "How long an endpoint stays out after a failure before it is probed again.",
            metavar="DURATION"),
@@ -162,6 +183,8 @@ class Config:
     discovery_srv_name: str
     insecure_discovery: bool
     trusted_ca_file: str
+    discovery_srv_resolver: tuple[addresses.HostPort, ...]
+    discovery_srv_refresh: float
     retry_delay: float
     dial_timeout: float
     workers: int
