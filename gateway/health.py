@@ -19,6 +19,7 @@ counters of endpoints that survive a reload are kept by construction.
 """
 from __future__ import annotations
 
+import bisect
 import mmap
 import struct
 import time
@@ -48,11 +49,19 @@ _EP_ERROR_LEN = 96
 _WK = struct.Struct("<Iid")  # pid, state (0 free, 1 live), started (wall clock)
 _WK_SIZE = 32
 
-# counters: one u64 per (row, endpoint, counter)
-COUNTERS = ("connections", "active", "dial_failures", "bytes_sent", "bytes_received")
-N_COUNTERS = 8  # room to grow without changing the layout
-C_CONNECTIONS, C_ACTIVE, C_DIAL_FAILURES, C_BYTES_SENT, C_BYTES_RECEIVED = range(5)
-_ROW_SIZE = MAX_ENDPOINTS * N_COUNTERS * 8
+# counters: one u64 per (row, column, counter). Rows: one per worker slot, then the
+# retired totals of dead workers, then the master's own. Columns: one per endpoint
+# slot, then one for gateway-wide counters.
+N_COUNTERS = 32  # cells per column; room to grow without changing the layout
+(C_CONNECTIONS, C_ACTIVE, C_DIAL_FAILURES, C_BYTES_SENT, C_BYTES_RECEIVED,
+ C_HEALTH_CHECK_FAILURES, C_DIAL_MICROS, C_DIAL_COUNT) = range(8)
+C_DIAL_BUCKET0 = 8  # non-cumulative counts of dials that took <= DIAL_BUCKETS[i]
+DIAL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0)
+GATEWAY = MAX_ENDPOINTS  # the column of gateway-wide counters
+G_ACCEPTED, G_REJECTED = range(2)
+_COLUMN_SIZE = N_COUNTERS * 8
+_ROW_SIZE = (MAX_ENDPOINTS + 1) * _COLUMN_SIZE
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,10 @@ class HealthTable:
         self._ep_base = _HEADER_SIZE
         self._wk_base = self._ep_base + MAX_ENDPOINTS * _EP_SIZE
         self._ctr_base = self._wk_base + max_workers * _WK_SIZE
-        # rows 0..max_workers-1 belong to workers; the last row holds retired totals
-        size = self._ctr_base + (max_workers + 1) * _ROW_SIZE
+        # rows 0..max_workers-1: workers; max_workers: retired totals; then the master's
+        self.retired_row = max_workers
+        self.master_row = max_workers + 1
+        size = self._ctr_base + (max_workers + 2) * _ROW_SIZE
         self.buf = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         _HEADER.pack_into(self.buf, 0, MAGIC, 1, 0, 0)
         self._cursor = 0  # master-private: where the next free-slot search starts
@@ -173,9 +184,9 @@ class HealthTable:
         _F64.pack_into(self.buf, off + _EP_DOWN_OFF, 0.0)
         _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
         self.buf[off + _EP_ERROR_OFF:off + _EP_ERROR_OFF + _EP_ERROR_LEN] = bytes(_EP_ERROR_LEN)
-        for row in range(self.max_workers + 1):
-            base = self._ctr_base + row * _ROW_SIZE + slot * N_COUNTERS * 8
-            self.buf[base:base + N_COUNTERS * 8] = bytes(N_COUNTERS * 8)
+        for row in range(self.max_workers + 2):
+            base = self._ctr_base + row * _ROW_SIZE + slot * _COLUMN_SIZE
+            self.buf[base:base + _COLUMN_SIZE] = bytes(_COLUMN_SIZE)
 
     # -- health marks --------------------------------------------------------------
     def down_at(self, slot: int) -> float:
@@ -243,12 +254,12 @@ class HealthTable:
         """Master, after reaping: fold the row into the retired totals, then free it.
         Gauges (active connections) are not carried: the dead worker's are gone."""
         row = self._row_off(index)
-        retired = self._row_off(self.max_workers)
-        for slot in range(self.max_endpoints):
+        retired = self._row_off(self.retired_row)
+        for column in range(self.max_endpoints + 1):
             for c in range(N_COUNTERS):
-                if c == C_ACTIVE:
+                if c == C_ACTIVE and column != GATEWAY:
                     continue
-                off = slot * N_COUNTERS * 8 + c * 8
+                off = column * _COLUMN_SIZE + c * 8
                 value = _U64.unpack_from(self.buf, row + off)[0]
                 if value:
                     total = _U64.unpack_from(self.buf, retired + off)[0]
@@ -269,9 +280,10 @@ class HealthTable:
     def _row_off(self, row: int) -> int:
         return self._ctr_base + row * _ROW_SIZE
 
-    def counter_offset(self, worker: int, slot: int, counter: int) -> int:
-        """Byte offset of one counter cell, for a worker's hot path (`add_at`)."""
-        return self._row_off(worker) + (slot * N_COUNTERS + counter) * 8
+    def counter_offset(self, row: int, column: int, counter: int) -> int:
+        """Byte offset of one counter cell, for a worker's hot path (`add_at`).
+        `row` is a worker slot (or `master_row`); `column` an endpoint slot or GATEWAY."""
+        return self._row_off(row) + column * _COLUMN_SIZE + counter * 8
 
     def add_at(self, offset: int, delta: int) -> None:
         """Add to a counter cell the calling worker owns (one writer per cell). A gauge
@@ -279,12 +291,27 @@ class HealthTable:
         buf = self.buf
         _U64.pack_into(buf, offset, max(0, _U64.unpack_from(buf, offset)[0] + delta))
 
-    def counter(self, slot: int, counter: int, worker: int | None = None) -> int:
-        """One counter of an endpoint: a worker's own, or the total (live + retired)."""
+    def counter(self, column: int, counter: int, worker: int | None = None) -> int:
+        """One counter of an endpoint slot (or GATEWAY): a worker's own, or the total
+        over live workers, the retired totals and the master."""
         if worker is not None:
-            return _U64.unpack_from(self.buf, self.counter_offset(worker, slot, counter))[0]
-        rows = list(self.live_workers())
-        if counter != C_ACTIVE:
-            rows.append(self.max_workers)
-        return sum(_U64.unpack_from(self.buf, self.counter_offset(r, slot, counter))[0]
+            return _U64.unpack_from(self.buf, self.counter_offset(worker, column, counter))[0]
+        rows = [*self.live_workers(), self.retired_row, self.master_row]
+        return sum(_U64.unpack_from(self.buf, self.counter_offset(r, column, counter))[0]
                    for r in rows)
+
+    def observe_dial(self, worker: int, slot: int, seconds: float) -> None:
+        """Record one successful dial's duration in the worker's histogram cells."""
+        self.add_at(self.counter_offset(worker, slot, C_DIAL_MICROS), int(seconds * 1e6))
+        self.add_at(self.counter_offset(worker, slot, C_DIAL_COUNT), 1)
+        index = bisect.bisect_left(DIAL_BUCKETS, seconds)
+        if index < len(DIAL_BUCKETS):
+            self.add_at(self.counter_offset(worker, slot, C_DIAL_BUCKET0 + index), 1)
+
+    def dial_histogram(self, slot: int) -> tuple[list[tuple[float, int]], float, int]:
+        """([(upper bound, cumulative count), ...], sum of seconds, count) for a slot."""
+        cumulative, buckets = 0, []
+        for i, bound in enumerate(DIAL_BUCKETS):
+            cumulative += self.counter(slot, C_DIAL_BUCKET0 + i)
+            buckets.append((bound, cumulative))
+        return buckets, self.counter(slot, C_DIAL_MICROS) / 1e6, self.counter(slot, C_DIAL_COUNT)

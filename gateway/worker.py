@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from gateway import log as gwlog
 from gateway import picker
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
-                            C_DIAL_FAILURES, HealthTable, RosterEntry)
+                            C_DIAL_FAILURES, G_ACCEPTED, G_REJECTED, GATEWAY, HealthTable,
+                            RosterEntry)
 from gateway.loop import Loop, Timer, set_interest
 from gateway.relay import READ, WRITE, ChannelPool, Session, splice_works
 
@@ -84,6 +85,8 @@ class Worker:
         self._roster: list[RosterEntry] = []
         self._accepting = False
         self._drain_deadline = 0.0
+        self._accepted_at = table.counter_offset(index, GATEWAY, G_ACCEPTED)
+        self._rejected_at = table.counter_offset(index, GATEWAY, G_REJECTED)
         self._emfile_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
         self._all_down_log = gwlog.Throttle()
@@ -183,23 +186,27 @@ class Worker:
 
     def _on_acceptable(self, mask: int) -> None:
         accept = self.listener.accept
+        accepted = 0
         for _ in range(ACCEPT_BATCH):
             try:
                 client, addr = accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
                 if exc.errno in _FD_EXHAUSTED:
                     self._out_of_descriptors(exc)
-                    return
-                logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))
-                return
+                else:
+                    logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))
+                break
+            accepted += 1
             client.setblocking(False)
             self._start_dial(client, addr)
             if self.state != SERVING:
-                return
+                break
+        if accepted:
+            self.table.add_at(self._accepted_at, accepted)
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         """EMFILE/ENFILE: stop reading the listener for a moment (or the loop would
@@ -306,6 +313,7 @@ class Worker:
 
     def _reject(self, dial: Dial, reason: str) -> None:
         self.dials.discard(dial)
+        self.table.add_at(self._rejected_at, 1)
         suppressed = self._reject_log.allow()
         if suppressed is not None:
             logger.warning("rejected client: no endpoint could be reached", extra=gwlog.fields(
@@ -338,6 +346,7 @@ class Worker:
         session.peer = dial.peer
         table.add_at(table.counter_offset(self.index, slot, C_CONNECTIONS), 1)
         table.add_at(table.counter_offset(self.index, slot, C_ACTIVE), 1)
+        table.observe_dial(self.index, slot, time.monotonic() - dial.started)
         self.sessions.add(session)
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it

@@ -118,3 +118,36 @@ def test_last_change_is_recorded_on_transitions():
     before = time.time()
     table.mark_down(slot, "x")
     assert table.last_change(slot) >= before
+
+
+def test_dial_histogram_is_cumulative_with_sum_and_count():
+    from gateway.health import DIAL_BUCKETS
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    w = table.claim_worker_slot(1)
+    for seconds in (0.0002, 0.003, 0.003, 0.7, 9.0):
+        table.observe_dial(w, slot, seconds)
+    buckets, total, count = table.dial_histogram(slot)
+    assert count == 5
+    assert abs(total - 9.7062) < 1e-3
+    as_dict = dict(buckets)
+    assert as_dict[0.0005] == 1 and as_dict[0.005] == 3 and as_dict[1.0] == 4
+    assert buckets[-1] == (DIAL_BUCKETS[-1], 4)   # 9 s is past the last bound: count only
+
+
+def test_gateway_wide_counters_survive_a_dead_worker():
+    from gateway.health import G_ACCEPTED, GATEWAY
+    table = HealthTable()
+    w = table.claim_worker_slot(1)
+    table.add_at(table.counter_offset(w, GATEWAY, G_ACCEPTED), 5)
+    table.release_worker_slot(w)
+    table.add_at(table.counter_offset(table.claim_worker_slot(2), GATEWAY, G_ACCEPTED), 1)
+    assert table.counter(GATEWAY, G_ACCEPTED) == 6
+
+
+def test_the_master_row_counts_toward_totals():
+    from gateway.health import C_HEALTH_CHECK_FAILURES
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    table.add_at(table.counter_offset(table.master_row, slot, C_HEALTH_CHECK_FAILURES), 2)
+    assert table.counter(slot, C_HEALTH_CHECK_FAILURES) == 2
