@@ -74,7 +74,7 @@ def reload(gw, conf: str | None = None, expect: str = "reloaded"):
 def test_reload_switches_endpoints_and_an_open_connection_keeps_relaying(
         gateway_factory, tmp_path, echoes):
     a, b = echoes
-    gw = started(gateway_factory, tmp_path, f"endpoints = {a.addr}\n")
+    gw = started(gateway_factory, tmp_path, f"endpoints = {a.addr}\n", "--health-check=none")
     old = socket.create_connection(gw.sockaddr, timeout=5)
     assert roundtrip(old, b"before") == b"before"
     line = reload(gw, f"endpoints = {b.addr}\n")
@@ -90,7 +90,7 @@ def test_reload_switches_endpoints_and_an_open_connection_keeps_relaying(
 def test_reload_with_a_broken_file_keeps_the_process_and_old_endpoints(
         gateway_factory, tmp_path, echoes):
     a, _ = echoes
-    gw = started(gateway_factory, tmp_path, f"endpoints = {a.addr}\n")
+    gw = started(gateway_factory, tmp_path, f"endpoints = {a.addr}\n", "--health-check=none")
     line = reload(gw, "endpoints = https://nope:2379\n",
                   expect="reload failed; keeping the running configuration")
     assert "--endpoints" in line["error"]
