@@ -25,13 +25,12 @@ from gateway import discovery, listeners, sysd
 from gateway import log as gwlog
 from gateway.health import HealthTable
 from gateway.loop import Loop
-from gateway.probe import Prober
+from gateway.checks import Checker, CheckPolicy
 from gateway.worker import Worker, WorkerSettings
 
 logger = gwlog.get("master")
 
 RUNNING, DRAINING, STOPPED = "running", "draining", "stopped"
-PROBE_PERIOD = 0.25
 CRASH_WINDOW = 10.0      # seconds
 CRASH_LIMIT = 5          # worker deaths within the window that make the master give up
 KILL_GRACE = 5.0         # after the shutdown timeout, before SIGKILL
@@ -68,8 +67,7 @@ class Arbiter:
         self.loop = Loop()
         self.table = HealthTable()
         self.listener: socket.socket | None = None
-        self.prober = Prober(self.loop, self.table, self.config.dial_timeout,
-                             self.config.retry_delay)
+        self.checker = Checker(self.loop, self.table, _check_policy(self.config))
         self.desired_workers = self.config.workers
         self._deaths: collections.deque[float] = collections.deque()
         self._stop_deadline = 0.0
@@ -90,7 +88,7 @@ class Arbiter:
             **{"listen-addr": listeners.bound_address(self.listener),
                "workers": self.desired_workers}))
         sysd.notify("READY=1\nMAINPID=%d" % self.pid)
-        self.loop.call_later(PROBE_PERIOD, self._probe_tick)
+        self.checker.start()
         try:
             while self.state != STOPPED:
                 self.loop.run_once(1.0)
@@ -99,7 +97,7 @@ class Arbiter:
             logger.error(str(exc))
             self._kill_workers(signal.SIGKILL)
             self.exit_status = 1
-        self.prober.close()
+        self.checker.close()
         logger.info("stopped", extra=gwlog.fields(status=self.exit_status))
         return self.exit_status
 
@@ -329,7 +327,7 @@ class Arbiter:
         old_addresses = [e.endpoint.address for e in self.table.roster()]
         self.table.publish(endpoints)
         self.config = new
-        self.prober.configure(new.dial_timeout, new.retry_delay)
+        self.checker.configure(_check_policy(new))
         if new.workers != old.workers:
             self.desired_workers = new.workers
         if (new.log_level, new.log_format, new.log_file) != (
@@ -345,11 +343,11 @@ class Arbiter:
             previous_endpoints=old_addresses))
         sysd.notify("READY=1")
 
-    # -- timers ------------------------------------------------------------------------
-    def _probe_tick(self) -> None:
-        if self.state == RUNNING:
-            self.prober.tick()
-        self.loop.call_later(PROBE_PERIOD, self._probe_tick)
+
+def _check_policy(config: gwconfig.Config) -> CheckPolicy:
+    return CheckPolicy(mode=config.health_check, interval=config.health_check_interval,
+                       fall=config.health_check_fall, rise=config.health_check_rise,
+                       dial_timeout=config.dial_timeout, retry_delay=config.retry_delay)
 
 
 def _check_log_file(path: str) -> None:

@@ -61,6 +61,16 @@ def _workers(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 100:
+        raise ValueError("want a whole number from 1 to 100")
+    return int(text)
+
+
+def _optional_listen_addr(text: str) -> addresses.HostPort | None:
+    return addresses.parse_listen_addr(text) if text.strip() else None
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -163,6 +173,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("shutdown-timeout", _duration, "30s",
            "On SIGTERM/SIGINT, how long open connections may drain before they are closed.",
            origin="new", metavar="DURATION"),
+    Option("health-check", _choice("none", "tcp", "etcd"), "tcp",
+           "Active member checks: none; tcp (a connect); etcd (GET /health must answer "
+           "200 with \"health\":\"true\" within the dial timeout).", origin="new",
+           metavar="MODE"),
+    Option("health-check-interval", _duration, "5s",
+           "How often every member is checked.", origin="new", metavar="DURATION"),
+    Option("health-check-fall", _count, "2",
+           "Consecutive failed checks that mark a member down.", origin="new", metavar="N"),
+    Option("health-check-rise", _count, "2",
+           "Consecutive good checks that readmit a member (after its retry delay).",
+           origin="new", metavar="N"),
+    Option("metrics-addr", _optional_listen_addr, "",
+           "Serve /metrics (Prometheus), /health and /endpoints over HTTP here "
+           "(default: off).", origin="new", metavar="HOST:PORT"),
     Option("log-level", _choice("debug", "info", "warn", "error"), "info",
            "Least severe level logged: debug, info, warn or error.", origin="new",
            metavar="LEVEL"),
@@ -189,6 +213,11 @@ class Config:
     dial_timeout: float
     workers: int
     shutdown_timeout: float
+    health_check: str
+    health_check_interval: float
+    health_check_fall: int
+    health_check_rise: int
+    metrics_addr: addresses.HostPort | None
     log_level: str
     log_format: str
     log_file: str
@@ -204,6 +233,8 @@ class Config:
             return "true" if value else "false"
         if isinstance(value, tuple):
             return ",".join(str(v) for v in value)
+        if value is None:
+            return ""
         return str(value)
 
 

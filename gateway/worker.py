@@ -254,6 +254,8 @@ class Worker:
             try:
                 sock = socket.socket(ep.family, _SOCK_FLAGS)
             except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    self._out_of_descriptors(exc)
                 self._reject(dial, f"cannot open a socket: {exc.strerror}")
                 return
             sock.setblocking(False)

@@ -1,0 +1,274 @@
+"""The master's member checks: active health checks and re-admission after failures.
+
+design: one `Checker` on the master's loop, non-blocking, never a thread. Each check is
+a small state machine (connecting -> [etcd: request sent -> reading] -> done) bounded
+by the dial timeout as a whole. Results go to the shared table, so every worker acts
+on them at once.
+
+Policy, per endpoint:
+- up: checked every `interval` (modes tcp and etcd); `fall` consecutive failures mark
+  it down (`deactivated endpoint`, reason "health check");
+- down (by a worker's failed dial or by checks): it stays out for `retry_delay` after
+  its latest failure; then it is checked back to back until `rise` consecutive checks
+  pass (`activated`), or one fails (`failed to activate endpoint ...`, and it stays out
+  for another retry delay). Readmission is compare-and-clear: a worker's newer failure
+  wins over a probe that started before it.
+- mode none: no checks of up endpoints; re-admission by one TCP connect, as the original.
+
+`etcd` mode asks the member's own view: `GET /health` must answer 200 with
+`"health":"true"` within the dial timeout, so a member that is hung (SIGSTOP: the kernel
+still completes the handshake) or has lost quorum is taken out. It speaks plain HTTP:
+for members whose client port is TLS, use `tcp`.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from gateway import log as gwlog
+from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable, RosterEntry
+from gateway.loop import Loop, Timer
+from gateway.relay import READ, WRITE
+
+logger = gwlog.get("checks")
+
+TICK = 0.25
+MAX_RESPONSE = 16384
+
+
+@dataclass
+class CheckPolicy:
+    mode: str            # none | tcp | etcd
+    interval: float
+    fall: int
+    rise: int
+    dial_timeout: float
+    retry_delay: float
+
+
+class _SlotState:
+    __slots__ = ("key", "fails", "oks", "next_due", "inflight")
+
+    def __init__(self, key: tuple):
+        self.key = key
+        self.fails = 0
+        self.oks = 0
+        self.next_due = 0.0
+        self.inflight: _Check | None = None
+
+
+CONNECTING, SENDING, READING = "connecting", "sending", "reading"
+
+
+class _Check:
+    """One check of one endpoint: connecting -> [etcd: sending -> reading] -> finished."""
+    __slots__ = ("entry", "sock", "timer", "down_at", "http", "phase", "request",
+                 "response", "registered")
+
+    def __init__(self, entry: RosterEntry, sock: socket.socket, down_at: float, http: bool):
+        self.entry = entry
+        self.sock = sock
+        self.down_at = down_at
+        self.http = http
+        self.phase = CONNECTING
+        self.timer: Timer | None = None
+        self.request = b""
+        self.response = b""
+        self.registered = 0
+
+
+class Checker:
+    def __init__(self, loop: Loop, table: HealthTable, policy: CheckPolicy):
+        self.loop = loop
+        self.table = table
+        self.policy = policy
+        self._states: dict[int, _SlotState] = {}
+        self._timer: Timer | None = None
+
+    def configure(self, policy: CheckPolicy) -> None:
+        self.policy = policy
+
+    def start(self) -> None:
+        self._timer = self.loop.call_later(TICK, self._tick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for state in self._states.values():
+            if state.inflight is not None:
+                self._teardown(state.inflight)
+        self._states.clear()
+
+    # -- scheduling ------------------------------------------------------------------
+    def _tick(self) -> None:
+        self._timer = self.loop.call_later(TICK, self._tick)
+        now = time.monotonic()
+        roster = self.table.roster()
+        live = set()
+        for entry in roster:
+            state = self._state_for(entry)
+            live.add(entry.slot)
+            if state.inflight is not None:
+                continue
+            down_at = self.table.down_at(entry.slot)
+            if down_at:
+                if now - down_at >= self.policy.retry_delay:
+                    self._start(entry, state, down_at)
+            elif self.policy.mode != "none" and now >= state.next_due:
+                state.next_due = now + self.policy.interval
+                self._start(entry, state, 0.0)
+        for slot in [s for s in self._states if s not in live]:
+            state = self._states.pop(slot)
+            if state.inflight is not None:
+                self._teardown(state.inflight)
+
+    def _state_for(self, entry: RosterEntry) -> _SlotState:
+        key = entry.endpoint.sockaddr
+        state = self._states.get(entry.slot)
+        if state is None or state.key != key:
+            if state is not None and state.inflight is not None:
+                self._teardown(state.inflight)
+            state = self._states[entry.slot] = _SlotState(key)
+        return state
+
+    # -- one check -------------------------------------------------------------------
+    def _start(self, entry: RosterEntry, state: _SlotState, down_at: float) -> None:
+        ep = entry.endpoint
+        try:
+            sock = socket.socket(ep.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            logger.warning("cannot check endpoint", extra=gwlog.fields(
+                address=ep.address, error=exc.strerror))
+            return
+        sock.setblocking(False)
+        check = _Check(entry, sock, down_at, http=self.policy.mode == "etcd")
+        state.inflight = check
+        err = sock.connect_ex(ep.sockaddr)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            self._finish(check, f"dial tcp {ep.address}: connect: {_strerror(err)}")
+            return
+        check.timer = self.loop.call_later(self.policy.dial_timeout,
+                                           functools.partial(self._timeout, check))
+        self._watch(check, WRITE)
+
+    def _watch(self, check: _Check, mask: int) -> None:
+        fd = check.sock.fileno()
+        callback = functools.partial(self._ready, check)
+        if check.registered == 0:
+            self.loop.selector.register(fd, mask, callback)
+        elif check.registered != mask:
+            self.loop.selector.modify(fd, mask, callback)
+        check.registered = mask
+
+    def _ready(self, check: _Check, mask: int) -> None:
+        ep = check.entry.endpoint
+        try:
+            if check.phase == CONNECTING:
+                err = check.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self._finish(check, f"dial tcp {ep.address}: connect: {_strerror(err)}")
+                    return
+                if not check.http:
+                    self._finish(check, None)
+                    return
+                check.phase = SENDING
+                check.request = (f"GET /health HTTP/1.1\r\nHost: {ep.address}\r\n"
+                                 "Connection: close\r\nUser-Agent: etcd-gatewayd\r\n\r\n"
+                                 ).encode()
+            if check.phase == SENDING:
+                check.request = check.request[check.sock.send(check.request):]
+                if not check.request:
+                    check.phase = READING
+                    self._watch(check, READ)
+                return
+            data = check.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._finish(check, f"GET http://{ep.address}/health: {exc.strerror or exc}")
+            return
+        check.response += data
+        if data and len(check.response) < MAX_RESPONSE:
+            return  # read until the member closes (Connection: close)
+        self._finish(check, _judge_health(ep.address, check.response))
+
+    def _timeout(self, check: _Check) -> None:
+        ep = check.entry.endpoint
+        what = (f"dial tcp {ep.address}: i/o timeout" if check.phase == CONNECTING
+                else f"GET http://{ep.address}/health: no answer")
+        self._finish(check, f"{what} within {self.policy.dial_timeout:g}s")
+
+    def _teardown(self, check: _Check) -> None:
+        if check.registered:
+            self.loop.selector.unregister(check.sock.fileno())
+            check.registered = 0
+        if check.timer is not None:
+            check.timer.cancel()
+        check.sock.close()
+
+    def _finish(self, check: _Check, error: str | None) -> None:
+        self._teardown(check)
+        slot = check.entry.slot
+        state = self._states.get(slot)
+        if state is None or state.inflight is not check:
+            return
+        state.inflight = None
+        if error is None:
+            self._passed(check, state)
+        else:
+            self._failed(check, state, error)
+
+    # -- verdicts --------------------------------------------------------------------
+    def _passed(self, check: _Check, state: _SlotState) -> None:
+        state.fails = 0
+        if not check.down_at:
+            return
+        state.oks += 1
+        needed = 1 if self.policy.mode == "none" else self.policy.rise
+        if state.oks < needed:
+            return  # checked again at the next tick, back to back
+        state.oks = 0
+        state.next_due = time.monotonic() + self.policy.interval
+        if self.table.mark_up(check.entry.slot, if_down_at=check.down_at):
+            logger.info("activated", extra=gwlog.fields(address=check.entry.endpoint.address))
+
+    def _failed(self, check: _Check, state: _SlotState, error: str) -> None:
+        table, slot = self.table, check.entry.slot
+        table.add_at(table.counter_offset(table.master_row, slot, C_HEALTH_CHECK_FAILURES), 1)
+        address = check.entry.endpoint.address
+        state.oks = 0
+        if check.down_at:
+            table.mark_down(slot, error)
+            logger.warning("failed to activate endpoint (stay inactive for another interval)",
+                           extra=gwlog.fields(address=address,
+                                              interval=self.policy.retry_delay, error=error))
+            return
+        state.fails += 1
+        if state.fails >= self.policy.fall and table.mark_down(slot, error):
+            state.fails = 0
+            logger.warning("deactivated endpoint", extra=gwlog.fields(
+                address=address, interval=self.policy.retry_delay, error=error,
+                reason=f"health check ({self.policy.mode}) failed {self.policy.fall} times"))
+
+
+def _judge_health(address: str, response: bytes) -> str | None:
+    """None when etcd says it is healthy; else why not, in one line."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        return f"GET http://{address}/health: not an HTTP answer"
+    if parts[1] != "200":
+        return f"GET http://{address}/health: status {' '.join(parts[1:])}"
+    compact = body.replace(b" ", b"")
+    if b'"health":"true"' not in compact:
+        return f"GET http://{address}/health: {body[:80].decode(errors='replace').strip()}"
+    return None
+
+
+def _strerror(err: int) -> str:
+    return os.strerror(err).lower()

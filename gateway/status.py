@@ -1,0 +1,182 @@
+"""`etcd-gatewayd status`: ask a running gateway how its endpoints are doing.
+
+design: a plain HTTP client of the gateway's own `--metrics-addr` endpoint (urllib, no
+proxies, 5 s timeout): it reads /endpoints and /health and prints one row per endpoint
+and a summary line. The address comes from `--metrics-addr`, else from the config
+file's `metrics-addr` (`-c FILE`), else from `ETCD_GATEWAY_METRICS_ADDR`. Exit status:
+0 when at least one endpoint is up, 1 when none is or the gateway cannot be reached,
+2 for a usage error; errors are one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, TextIO
+
+from gateway import addresses
+from gateway import config as gwconfig
+
+PROG = "etcd-gatewayd status"
+TIMEOUT = 5.0
+ENV_VAR = gwconfig.ENV_PREFIX + "METRICS_ADDR"
+COLUMNS = ("ENDPOINT", "STATE", "ACTIVE", "CONNECTIONS", "DIAL-FAILS", "CHECK-FAILS",
+           "SENT", "RECEIVED", "LAST-CHANGE", "LAST-ERROR")
+
+
+class UsageError(Exception):
+    """Bad or missing address (exit 2)."""
+
+
+class Unreachable(Exception):
+    """The gateway did not answer (exit 1)."""
+
+
+def main(argv: list[str], environ: dict[str, str] | None = None,
+         out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    env = dict(os.environ if environ is None else environ)
+    argv = list(argv)
+    if argv and argv[0] == "status":
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Show the endpoints of a running gateway (needs its "
+                               "--metrics-addr).")
+    parser.add_argument("--metrics-addr", metavar="HOST:PORT",
+                        help=f"the gateway's --metrics-addr [env {ENV_VAR}]")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="read metrics-addr from this gateway config file")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage
+        return 0 if exc.code == 0 else 2
+    try:
+        base = base_url(resolve_addr(args.metrics_addr, args.config, env))
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=err)
+        return 2
+    try:
+        endpoints = fetch_json(base + "/endpoints")
+        health = fetch_json(base + "/health")
+    except Unreachable as exc:
+        print(f"{PROG}: cannot reach the gateway at {base}: {exc}", file=err)
+        return 1
+    if not isinstance(endpoints, list) or not isinstance(health, dict):
+        print(f"{PROG}: unexpected answer from {base} (is it an etcd-gatewayd?)", file=err)
+        return 1
+    print(render_table(endpoints, time.time()), file=out)
+    up = sum(1 for e in endpoints if e.get("state") == "up")
+    healthy = health.get("health") == "true"
+    print(f"{up} of {len(endpoints)} endpoints up; gateway "
+          f"{'healthy' if healthy else 'unhealthy'} ({base})", file=out)
+    return 0 if up else 1
+
+
+def resolve_addr(flag: str | None, config_file: str | None,
+                 environ: dict[str, str]) -> addresses.HostPort:
+    """The address to ask: flag, else the config file's metrics-addr, else the env."""
+    if flag:
+        return _parse(flag, "--metrics-addr")
+    if config_file:
+        try:
+            config = gwconfig.load(["-c", config_file], {})
+        except gwconfig.ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        if config.metrics_addr is not None:
+            return config.metrics_addr
+    text = environ.get(ENV_VAR, "").strip()
+    if text:
+        return _parse(text, ENV_VAR)
+    where = f" and {config_file} sets no metrics-addr" if config_file else ""
+    raise UsageError(f"give --metrics-addr HOST:PORT (the gateway's --metrics-addr), "
+                     f"-c FILE or {ENV_VAR}{where}")
+
+
+def _parse(text: str, what: str) -> addresses.HostPort:
+    try:
+        return addresses.parse_listen_addr(text)
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def base_url(addr: addresses.HostPort) -> str:
+    """http://host:port, asking loopback when the gateway listens on every interface."""
+    host = addr.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://{addresses.join_host_port(host, addr.port)}"
+
+
+def fetch_json(url: str) -> Any:
+    """GET `url` and decode its JSON body; a 503 from /health is an answer too."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=TIMEOUT) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        exc.close()
+        if exc.code != 503:
+            raise Unreachable(f"{url}: HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise Unreachable(str(getattr(exc.reason, "strerror", None) or exc.reason)) from None
+    except (OSError, ValueError) as exc:  # timeouts, resets, bad status lines
+        raise Unreachable(str(exc) or type(exc).__name__) from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise Unreachable(f"{url}: not JSON") from None
+
+
+# -- formatting ------------------------------------------------------------------------
+def human_bytes(n: int | float) -> str:
+    """1023 B, 1.0 KiB, 1.2 MiB, ..."""
+    value = float(n)
+    if value < 1024:
+        return f"{int(value)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    return f"{value:.1f} PiB"  # not reached
+
+
+def human_age(seconds: float) -> str:
+    """How long ago, coarsely: 5s ago, 3m ago, 2h ago, 4d ago."""
+    if seconds < 0:
+        seconds = 0
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def render_table(endpoints: list[dict[str, Any]], now: float) -> str:
+    rows = [COLUMNS]
+    for e in endpoints:
+        changed = e.get("last_change") or 0
+        rows.append((
+            str(e.get("endpoint", "?")),
+            str(e.get("state", "?")),
+            str(e.get("active_connections", 0)),
+            str(e.get("connections_total", 0)),
+            str(e.get("dial_failures_total", 0)),
+            str(e.get("health_check_failures_total", 0)),
+            human_bytes(e.get("sent_bytes_total", 0)),
+            human_bytes(e.get("received_bytes_total", 0)),
+            human_age(now - changed) if changed else "-",
+            str(e.get("last_error") or "-"),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        lines.append("  ".join(cells + [row[-1]]).rstrip())
+    return "\n".join(lines)
