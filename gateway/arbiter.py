@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from gateway import config as gwconfig
 from gateway import discovery, listeners, sysd
 from gateway import log as gwlog
-from gateway.health import HealthTable
-from gateway.loop import Loop
+from gateway.health import RFC2782, ROUND_ROBIN, HealthTable
+from gateway.loop import Loop, Timer
 from gateway.checks import Checker, CheckPolicy
 from gateway.worker import Worker, WorkerSettings
 
@@ -73,14 +73,20 @@ class Arbiter:
         self._stop_deadline = 0.0
         self._quitting = False
         self._listener_gen = 0
+        self._srv_refresh: discovery.SrvRefresh | None = None
+        self._srv_timer: Timer | None = None
 
     # -- start -----------------------------------------------------------------------
     def run(self) -> int:
         """Start, serve until stopped, and return the exit status."""
         self._raise_nofile_limit()
-        endpoints = discovery.resolve(self.config)
+        try:
+            roster = discovery.resolve(self.config)
+        except discovery.DiscoveryError as exc:
+            raise FatalError(str(exc)) from None
+        endpoints = roster.endpoints
         self.listener = self._open_listener()
-        self.table.publish(endpoints)
+        self.table.publish(endpoints, roster.policy)
         self.loop.handle_signals(HANDLED, self._on_signal)
         self.manage_workers()
         logger.info("ready to proxy client requests", extra=gwlog.fields(
@@ -89,6 +95,7 @@ class Arbiter:
                "workers": self.desired_workers}))
         sysd.notify("READY=1\nMAINPID=%d" % self.pid)
         self.checker.start()
+        self._schedule_srv_refresh()
         try:
             while self.state != STOPPED:
                 self.loop.run_once(1.0)
@@ -98,6 +105,8 @@ class Arbiter:
             self._kill_workers(signal.SIGKILL)
             self.exit_status = 1
         self.checker.close()
+        if self._srv_refresh is not None:
+            self._srv_refresh.cancel()
         logger.info("stopped", extra=gwlog.fields(status=self.exit_status))
         return self.exit_status
 
@@ -208,6 +217,11 @@ class Arbiter:
         if record.retiring or self.state != RUNNING:
             logger.info("worker exited", extra=gwlog.fields(
                 worker=record.index, worker_pid=record.pid, status=how))
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            # stopped on purpose (e.g. a SIGTERM sent to it or to the whole group): not
+            # a crash; replaced, and drained with the others if the master is next
+            logger.info("worker stopped; replacing it", extra=gwlog.fields(
+                worker=record.index, worker_pid=record.pid, status=how))
         else:
             logger.warning("worker died; replacing it", extra=gwlog.fields(
                 worker=record.index, worker_pid=record.pid, status=how))
@@ -305,7 +319,8 @@ class Arbiter:
         sysd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = gwconfig.load(self.argv, self.environ)
-            endpoints = discovery.resolve(new)
+            # SRV answers arrive later, from a refresh child; static ones are resolved now
+            endpoints = None if new.discovery_srv else discovery.resolve_static(new)
             _check_log_file(new.log_file)
         except gwconfig.ConfigError as exc:
             logger.error("reload failed; keeping the running configuration",
@@ -325,7 +340,8 @@ class Arbiter:
             old_listener, self.listener = self.listener, new_listener
             self._listener_gen += 1
         old_addresses = [e.endpoint.address for e in self.table.roster()]
-        self.table.publish(endpoints)
+        if endpoints is not None:
+            self.table.publish(endpoints, ROUND_ROBIN)
         self.config = new
         self.checker.configure(_check_policy(new))
         if new.workers != old.workers:
@@ -339,9 +355,56 @@ class Arbiter:
             old_listener.close()
         self.manage_workers()
         logger.info("reloaded", extra=gwlog.fields(
-            changed=_changed_options(old, new), endpoints=[ep.address for ep in endpoints],
+            changed=_changed_options(old, new),
+            endpoints=[e.endpoint.address for e in self.table.roster()],
             previous_endpoints=old_addresses))
+        if new.discovery_srv:
+            self._start_srv_refresh()
+        self._schedule_srv_refresh()
         sysd.notify("READY=1")
+
+    # -- SRV refresh -------------------------------------------------------------------
+    def _schedule_srv_refresh(self) -> None:
+        if self._srv_timer is not None:
+            self._srv_timer.cancel()
+            self._srv_timer = None
+        period = discovery.refresh_period(self.config)
+        if period is not None:
+            self._srv_timer = self.loop.call_later(period, self._srv_tick)
+
+    def _srv_tick(self) -> None:
+        self._srv_timer = None
+        self._start_srv_refresh()
+        self._schedule_srv_refresh()
+
+    def _start_srv_refresh(self) -> None:
+        if self.state != RUNNING or not self.config.discovery_srv:
+            return
+        if self._srv_refresh is not None and self._srv_refresh.running:
+            self._srv_refresh.cancel()  # its question is stale: ask the new one
+        self._srv_refresh = discovery.SrvRefresh(self.loop, self.config, self._srv_done,
+                                                 HANDLED)
+        self._srv_refresh.start()
+
+    def _srv_done(self, found) -> None:
+        """Publish what a refresh found; an empty or failed one keeps the last good set."""
+        if self.state != RUNNING or not self.config.discovery_srv:
+            return
+        if not found.endpoints:
+            logger.warning("SRV refresh found nothing usable; keeping the last good set",
+                           extra=gwlog.fields(**{"srv-server": self.config.discovery_srv,
+                                                 "errors": found.errors}))
+            return
+        current = {(e.endpoint.sockaddr, e.endpoint.priority, e.endpoint.weight)
+                   for e in self.table.roster()}
+        wanted = {(ep.sockaddr, ep.priority, ep.weight) for ep in found.endpoints}
+        if current == wanted and self.table.policy == RFC2782:
+            return
+        before = [e.endpoint.address for e in self.table.roster()]
+        self.table.publish(found.endpoints, RFC2782)
+        logger.info("endpoints changed", extra=gwlog.fields(
+            endpoints=[ep.address for ep in found.endpoints], previous=before,
+            source=f"SRV {self.config.discovery_srv}"))
 
 
 def _check_policy(config: gwconfig.Config) -> CheckPolicy:

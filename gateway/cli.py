@@ -58,10 +58,13 @@ def check_config(config: gwconfig.Config) -> int:
     from gateway import discovery
 
     try:
-        endpoints = discovery.resolve(config)
+        endpoints = discovery.resolve(config).endpoints
     except gwconfig.ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
+    except discovery.DiscoveryError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     rows = [(name, config.describe(name), config.sources.get(name, "default"))
             for name in gwconfig.option_names()]
     if config.config_file:

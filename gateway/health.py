@@ -34,7 +34,10 @@ _HEADER = struct.Struct("<IIQQ")
 _HEADER_SIZE = 64
 _GEN_OFF = 8
 _RR_OFF = 16
+_POLICY_OFF = 24
+_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+ROUND_ROBIN, RFC2782 = 0, 1  # how workers choose among the roster
 _F64 = struct.Struct("<d")
 
 # endpoint slot: static part (master, under the seqlock), then dynamic health fields
@@ -111,7 +114,12 @@ class HealthTable:
     def generation(self) -> int:
         return _U64.unpack_from(self.buf, _GEN_OFF)[0]
 
-    def publish(self, endpoints: list[Endpoint]) -> list[RosterEntry]:
+    @property
+    def policy(self) -> int:
+        """ROUND_ROBIN (static endpoints) or RFC2782 (endpoints found by SRV)."""
+        return _U32.unpack_from(self.buf, _POLICY_OFF)[0]
+
+    def publish(self, endpoints: list[Endpoint], policy: int = ROUND_ROBIN) -> list[RosterEntry]:
         """Make `endpoints` the roster. Endpoints already present keep their slot (and so
         their health mark and counters); removed ones free theirs. Master only."""
         if len(endpoints) > self.max_endpoints:
@@ -131,6 +139,7 @@ class HealthTable:
                 slot = self._next_free_slot()
                 self._reset_dynamic(slot)
             self._write_static(slot, ep)
+        _U32.pack_into(self.buf, _POLICY_OFF, policy)
         _U64.pack_into(self.buf, _GEN_OFF, gen + 2)
         return self.roster()
 

@@ -17,6 +17,7 @@ import errno
 import functools
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from gateway import log as gwlog
 from gateway import picker
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
-                            C_DIAL_FAILURES, G_ACCEPTED, G_REJECTED, GATEWAY, HealthTable,
-                            RosterEntry)
+                            C_DIAL_FAILURES, G_ACCEPTED, G_REJECTED, GATEWAY, RFC2782,
+                            HealthTable, RosterEntry)
 from gateway.loop import Loop, Timer, set_interest
 from gateway.relay import READ, WRITE, ChannelPool, Session, splice_works
 
@@ -83,6 +84,7 @@ class Worker:
         self.dials: set[Dial] = set()
         self._roster_gen = -1
         self._roster: list[RosterEntry] = []
+        self._srv_policy = False
         self._accepting = False
         self._drain_deadline = 0.0
         self._accepted_at = table.counter_offset(index, GATEWAY, G_ACCEPTED)
@@ -96,9 +98,12 @@ class Worker:
         """The worker's whole life after fork; returns its exit status."""
         gwlog.setup(self.settings.log_level, self.settings.log_format, self.settings.log_file)
         self.loop = Loop()
-        self.loop.handle_signals(
-            (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1), self._on_signal)
-        for ignored in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
+        self.loop.handle_signals((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1),
+                                 self._on_signal)
+        # SIGINT from a terminal reaches the whole group: the master turns it into a
+        # drain and tells the workers (SIGTERM), so workers need not act on it twice
+        for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+                        signal.SIGUSR2):
             signal.signal(ignored, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         use_splice = splice_works()
@@ -113,7 +118,7 @@ class Worker:
         return 0
 
     def _on_signal(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum == signal.SIGTERM:
             self.begin_drain()
         elif signum == signal.SIGQUIT:
             self.state = STOPPED
@@ -225,14 +230,20 @@ class Worker:
         gen = self.table.generation
         if gen != self._roster_gen:
             self._roster = self.table.roster()
+            self._srv_policy = self.table.policy == RFC2782
             self._roster_gen = gen
         return self._roster
+
+    def _candidates(self, roster: list[RosterEntry], up: list[bool]) -> list[RosterEntry]:
+        if self._srv_policy:
+            return picker.rfc2782(roster, up, _priority, _weight, random.random)
+        return picker.round_robin(roster, up, self.table.next_rr())
 
     def _start_dial(self, client: socket.socket, addr: tuple) -> None:
         roster = self._current_roster()
         table = self.table
         up = [table.is_up(e.slot) for e in roster]
-        candidates = picker.round_robin(roster, up, table.next_rr())
+        candidates = self._candidates(roster, up)
         peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         dial = Dial(client, peer, candidates)
         self.dials.add(dial)
@@ -408,6 +419,14 @@ class Worker:
             if entry.slot == slot:
                 return entry.endpoint.address
         return f"slot {slot}"
+
+
+def _priority(entry: RosterEntry) -> int:
+    return entry.endpoint.priority
+
+
+def _weight(entry: RosterEntry) -> int:
+    return entry.endpoint.weight
 
 
 def _close_hard(sock: socket.socket) -> None:

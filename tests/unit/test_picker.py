@@ -25,3 +25,44 @@ def test_all_down_still_offers_every_member_once():
 def test_every_candidate_appears_exactly_once():
     for n in range(5):
         assert sorted(round_robin("abcd", [True, False, True, True], n)) == list("abcd")
+
+
+# -- RFC 2782 (SRV) --------------------------------------------------------------------
+import random  # noqa: E402
+
+from gateway.picker import rfc2782  # noqa: E402
+
+PRIO = lambda e: e[1]      # noqa: E731  entries are (name, priority, weight)
+WEIGHT = lambda e: e[2]    # noqa: E731
+
+
+def firsts(entries, up, n=20000, seed=7):
+    rng = random.Random(seed)
+    return Counter(rfc2782(entries, up, PRIO, WEIGHT, rng.random)[0][0] for _ in range(n))
+
+
+def test_weights_3_and_1_share_75_25():
+    counts = firsts([("a", 0, 3), ("b", 0, 1)], [True, True])
+    assert abs(counts["a"] / 20000 - 0.75) < 0.02
+
+
+def test_the_lowest_priority_class_takes_every_new_client():
+    counts = firsts([("backup", 20, 9), ("a", 10, 1), ("b", 10, 1)], [True] * 3)
+    assert counts["backup"] == 0 and abs(counts["a"] - counts["b"]) < 1000
+
+
+def test_the_next_class_takes_over_when_the_best_is_down():
+    counts = firsts([("a", 10, 1), ("backup", 20, 1)], [False, True], n=100)
+    assert counts == {"backup": 100}
+
+
+def test_weight_zero_gets_a_small_share_only_beside_weighted_records():
+    counts = firsts([("a", 0, 5), ("zero", 0, 0)], [True, True])
+    assert 0 < counts["zero"] < 20000 * 0.03
+    assert abs(firsts([("x", 0, 0), ("y", 0, 0)], [True, True])["x"] / 20000 - 0.5) < 0.02
+
+
+def test_failover_order_lists_lower_classes_then_down_members():
+    order = rfc2782([("a", 1, 1), ("b", 2, 1), ("dead", 0, 1)], [True, True, False],
+                    PRIO, WEIGHT, random.random)
+    assert [e[0] for e in order] == ["a", "b", "dead"]
