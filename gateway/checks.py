@@ -31,8 +31,7 @@ from dataclasses import dataclass
 
 from gateway import log as gwlog
 from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable, RosterEntry
-from gateway.loop import Loop, Timer
-from gateway.relay import READ, WRITE
+from gateway.loop import READ, WRITE, Loop, Timer
 
 logger = gwlog.get("checks")
 
@@ -164,7 +163,7 @@ class Checker:
             self.loop.selector.modify(fd, mask, callback)
         check.registered = mask
 
-    def _ready(self, check: _Check, mask: int) -> None:
+    def _ready(self, check: _Check, fd: int, mask: int) -> None:
         ep = check.entry.endpoint
         try:
             if check.phase == CONNECTING:

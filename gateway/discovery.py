@@ -23,7 +23,7 @@ from gateway import addresses, srv
 from gateway import log as gwlog
 from gateway.config import Config, ConfigError
 from gateway.health import RFC2782, ROUND_ROBIN, Endpoint
-from gateway.loop import Loop, Timer
+from gateway.loop import READ, Loop, Timer
 
 logger = gwlog.get("discovery")
 
@@ -142,7 +142,7 @@ class SrvRefresh:
         os.close(w)
         os.set_blocking(r, False)
         self.pid, self._fd = pid, r
-        self.loop.selector.register(r, 1, self._readable)
+        self.loop.selector.register(r, READ, self._readable)
         self._timer = self.loop.call_later(REFRESH_BOUND, self._timeout)
 
     def _child(self, r: int, w: int) -> None:
@@ -165,7 +165,7 @@ class SrvRefresh:
         finally:
             os._exit(status)
 
-    def _readable(self, mask: int) -> None:
+    def _readable(self, fd: int, mask: int) -> None:
         try:
             chunk = os.read(self._fd, 65536)
         except BlockingIOError:

@@ -16,8 +16,11 @@ Invariants (as Go's splice_linux.go and sshuttle's ssnet.py learnt them):
 - any other error (reset, broken pipe) ends the session: both sockets are closed with
   SO_LINGER 0, so the peer of a reset sees a reset too.
 
-The session never touches the selector: after each event it calls `sync(session)`,
-and the worker registers `client_interest()` / `upstream_interest()` as they changed.
+The session never touches the poller: after each event it calls `sync(session)`, and
+the worker registers `client_interest()` / `upstream_interest()` as they changed, with
+the session itself as the callback for both fds (`session(fd, mask)`). It holds raw
+file descriptors, not socket objects, so an idle connection costs as little memory as
+it can: a temporary socket object is made only for the rare shutdown or linger.
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ import socket
 import struct
 from typing import Callable
 
-READ = 1   # selectors.EVENT_READ
-WRITE = 2  # selectors.EVENT_WRITE
+from gateway.loop import READ, WRITE
+
 PIPE_SIZE = 1 << 18        # asked of the kernel per pipe; the default (64 KiB) if refused
 BUFFER_SIZE = 1 << 16      # copy-mode buffer
 ROUNDS_PER_EVENT = 8       # fill/drain rounds per readiness event before yielding
@@ -171,15 +174,41 @@ class ChannelPool:
         self._buffers.clear()
 
 
-class Direction:
-    """Bytes from `src` to `dst`. `pending` bytes sit in `chan`; `done` once EOF has
-    been carried to `dst` (or the session died)."""
-    __slots__ = ("src", "dst", "dst_sock", "chan", "pending", "done", "moved")
+def _socket_for(fd: int) -> socket.socket:
+    """A temporary object for a socket option call on a raw fd; `detach()` it after.
+    Family and type are given, so CPython asks the kernel nothing to build it."""
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
 
-    def __init__(self, src: socket.socket, dst: socket.socket):
-        self.src = src.fileno()
-        self.dst = dst.fileno()
-        self.dst_sock = dst
+
+def shutdown_write(fd: int) -> None:
+    sock = _socket_for(fd)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    finally:
+        sock.detach()
+
+
+def close_fd(fd: int, reset: bool) -> None:
+    """Close a socket fd; with `reset`, SO_LINGER 0 first, so the peer sees an RST."""
+    if reset:
+        sock = _socket_for(fd)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+    os.close(fd)
+
+
+class Direction:
+    """Bytes from `src` to `dst` (fds). `pending` bytes sit in `chan`; `done` once EOF
+    has been carried to `dst` (or the session died)."""
+    __slots__ = ("src", "dst", "chan", "pending", "done", "moved")
+
+    def __init__(self, src: int, dst: int):
+        self.src = src
+        self.dst = dst
         self.chan: SpliceChannel | CopyChannel | None = None
         self.pending = 0
         self.done = False
@@ -191,13 +220,13 @@ class SessionEnded(Exception):
 
 
 class Session:
-    """A client connection relayed to one member. States: relaying (either direction
-    open) -> finished (both done: closed cleanly) | reset (an error: closed hard)."""
+    """A client connection relayed to one member, over two socket fds it owns.
+    States: relaying (either direction open) -> finished (both done: closed cleanly)
+    | reset (an error: closed hard)."""
     __slots__ = ("client", "upstream", "up", "down", "pool", "sync", "ended",
-                 "cmask", "umask", "slot", "started", "peer", "flushed_up",
-                 "flushed_down")
+                 "cmask", "umask", "slot", "started", "flushed_up", "flushed_down")
 
-    def __init__(self, client: socket.socket, upstream: socket.socket, pool: ChannelPool,
+    def __init__(self, client: int, upstream: int, pool: ChannelPool,
                  sync: Callable[["Session"], None]):
         self.client = client
         self.upstream = upstream
@@ -210,7 +239,6 @@ class Session:
         self.umask = 0         # interest registered for the upstream (worker-owned)
         self.slot = -1         # the member's slot in the health table (worker-owned)
         self.started = 0.0
-        self.peer = ""
         self.flushed_up = 0    # bytes already added to the shared counters
         self.flushed_down = 0
 
@@ -230,11 +258,12 @@ class Session:
         return self.up.done and self.down.done
 
     # -- events --------------------------------------------------------------------
-    def on_client(self, mask: int) -> None:
-        self._event(mask, self.up, self.down)
-
-    def on_upstream(self, mask: int) -> None:
-        self._event(mask, self.down, self.up)
+    def __call__(self, fd: int, mask: int) -> None:
+        """The poller's callback for both sockets."""
+        if fd == self.client:
+            self._event(mask, self.up, self.down)
+        else:
+            self._event(mask, self.down, self.up)
 
     def _event(self, mask: int, outgoing: Direction, incoming: Direction) -> None:
         """`outgoing` reads from the ready socket, `incoming` writes to it."""
@@ -257,6 +286,7 @@ class Session:
         chan = d.chan
         if chan is None:
             chan = d.chan = self.pool.get()
+        size = chan.size
         for _ in range(ROUNDS_PER_EVENT):
             try:
                 n = chan.fill(d.src)
@@ -270,6 +300,8 @@ class Session:
             self._drain(d)
             if d.pending:
                 return  # destination full: keep the channel, wait for WRITE
+            if n < size:
+                break  # a short read emptied the socket: epoll says when there is more
         d.chan = None
         self.pool.put(chan)
 
@@ -283,7 +315,7 @@ class Session:
 
     def _carry_eof(self, d: Direction) -> None:
         d.done = True
-        d.dst_sock.shutdown(socket.SHUT_WR)
+        shutdown_write(d.dst)
 
     # -- teardown ------------------------------------------------------------------
     def close(self) -> None:
@@ -300,14 +332,9 @@ class Session:
                 d.chan = None
             d.done = True
         hard = self.ended.startswith("reset")
-        for sock in (self.client, self.upstream):
-            if sock.fileno() < 0:
-                continue
-            if hard:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                except OSError:
-                    pass
-            sock.close()
+        for fd in (self.client, self.upstream):
+            if fd >= 0:
+                close_fd(fd, hard)
+        self.client = self.upstream = -1
         if not self.ended:
             self.ended = "closed by gateway"

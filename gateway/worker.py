@@ -14,12 +14,14 @@ shutdown timeout) -> stopped. A worker whose master is gone stops within a secon
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import logging
 import os
 import random
 import signal
 import socket
+import termios
 import time
 from dataclasses import dataclass
 
@@ -28,14 +30,15 @@ from gateway import picker
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, G_ACCEPTED, G_REJECTED, GATEWAY, RFC2782,
                             HealthTable, RosterEntry)
-from gateway.loop import Loop, Timer, set_interest
-from gateway.relay import READ, WRITE, ChannelPool, Session, splice_works
+from gateway.loop import READ, WRITE, Loop, Timer, set_interest
+from gateway.relay import ChannelPool, Session, close_fd, splice_works
 
 ACCEPT_BATCH = 64
 ACCEPT_PAUSE = 0.25      # seconds without accepting after EMFILE/ENFILE
 TICK = 0.5               # parent check and counter flush period
 _FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _SOCK_FLAGS = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
+_ONE = b"\x01\0\0\0"   # FIONBIO argument: non-blocking on
 
 SERVING, DRAINING, STOPPED = "serving", "draining", "stopped"
 
@@ -53,11 +56,12 @@ class WorkerSettings:
 
 
 class Dial:
-    """One client waiting for a member: the candidates left and the attempt under way."""
+    """One client (its fd) waiting for a member: the candidates left and the attempt
+    under way."""
     __slots__ = ("client", "peer", "candidates", "next", "sock", "entry", "timer",
                  "started", "callback")
 
-    def __init__(self, client: socket.socket, peer: str, candidates: list[RosterEntry]):
+    def __init__(self, client: int, peer: tuple, candidates: list[RosterEntry]):
         self.client = client
         self.peer = peer
         self.candidates = candidates
@@ -85,6 +89,7 @@ class Worker:
         self._roster_gen = -1
         self._roster: list[RosterEntry] = []
         self._srv_policy = False
+        self._sync_session = self._sync  # one bound method shared by every session
         self._accepting = False
         self._drain_deadline = 0.0
         self._accepted_at = table.counter_offset(index, GATEWAY, G_ACCEPTED)
@@ -189,8 +194,10 @@ class Worker:
             self.loop.selector.unregister(self.listener.fileno())
             self._accepting = False
 
-    def _on_acceptable(self, mask: int) -> None:
-        accept = self.listener.accept
+    def _on_acceptable(self, fd: int, mask: int) -> None:
+        # _accept() is socket.accept() without the socket object: the session keeps
+        # raw fds (see relay.py), so building one per client would only be thrown away
+        accept = self.listener._accept  # type: ignore[attr-defined]
         accepted = 0
         for _ in range(ACCEPT_BATCH):
             try:
@@ -206,7 +213,7 @@ class Worker:
                     logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))
                 break
             accepted += 1
-            client.setblocking(False)
+            fcntl.ioctl(client, termios.FIONBIO, _ONE)
             self._start_dial(client, addr)
             if self.state != SERVING:
                 break
@@ -239,13 +246,12 @@ class Worker:
             return picker.rfc2782(roster, up, _priority, _weight, random.random)
         return picker.round_robin(roster, up, self.table.next_rr())
 
-    def _start_dial(self, client: socket.socket, addr: tuple) -> None:
+    def _start_dial(self, client: int, addr: tuple) -> None:
         roster = self._current_roster()
         table = self.table
         up = [table.is_up(e.slot) for e in roster]
         candidates = self._candidates(roster, up)
-        peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        dial = Dial(client, peer, candidates)
+        dial = Dial(client, addr, candidates)
         self.dials.add(dial)
         if not any(up) and roster:
             suppressed = self._all_down_log.allow()
@@ -289,7 +295,7 @@ class Worker:
             self._dial_failed(entry, f"dial tcp {ep.address}: connect: {os.strerror(err).lower()}")
         self._reject(dial, "no endpoint could be reached")
 
-    def _on_dial_ready(self, dial: Dial, mask: int) -> None:
+    def _on_dial_ready(self, dial: Dial, fd: int, mask: int) -> None:
         sock, entry = dial.sock, dial.entry
         assert sock is not None and entry is not None and dial.timer is not None
         dial.timer.cancel()
@@ -330,8 +336,9 @@ class Worker:
         suppressed = self._reject_log.allow()
         if suppressed is not None:
             logger.warning("rejected client: no endpoint could be reached", extra=gwlog.fields(
-                client=dial.peer, reason=reason, tried=dial.next, repeats=suppressed))
-        _close_hard(dial.client)
+                client=_address(dial.peer), reason=reason, tried=dial.next,
+                repeats=suppressed))
+        close_fd(dial.client, reset=True)
         self._stop_if_drained()
 
     def _abandon_dial(self, dial: Dial) -> None:
@@ -341,7 +348,7 @@ class Worker:
             dial.sock.close()
         if dial.timer is not None:
             dial.timer.cancel()
-        _close_hard(dial.client)
+        close_fd(dial.client, reset=True)
         self.dials.discard(dial)
 
     def _connected(self, dial: Dial, sock: socket.socket, entry: RosterEntry,
@@ -352,11 +359,10 @@ class Worker:
         if not table.is_up(slot) and table.mark_up(slot):
             logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
         assert self.pool is not None
-        session = Session(dial.client, sock, self.pool, self._sync)
+        session = Session(dial.client, sock.detach(), self.pool, self._sync_session)
         session.slot = slot
         session.umask = registered
         session.started = dial.started
-        session.peer = dial.peer
         table.add_at(table.counter_offset(self.index, slot, C_CONNECTIONS), 1)
         table.add_at(table.counter_offset(self.index, slot, C_ACTIVE), 1)
         table.observe_dial(self.index, slot, time.monotonic() - dial.started)
@@ -364,8 +370,8 @@ class Worker:
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
             assert self.loop is not None
-            self.loop.selector.modify(sock.fileno(), registered, session.on_upstream)
-        session.on_client(READ)  # the client has usually spoken already: save a wake-up
+            self.loop.selector.modify(session.upstream, registered, session)
+        session(session.client, READ)  # the client has usually spoken: save a wake-up
 
     # -- sessions --------------------------------------------------------------------
     def _sync(self, session: Session) -> None:
@@ -374,10 +380,10 @@ class Worker:
             self._finish(session)
             return
         selector = self.loop.selector  # type: ignore[union-attr]
-        session.cmask = set_interest(selector, session.up.src, session.cmask,
-                                     session.client_interest(), session.on_client)
-        session.umask = set_interest(selector, session.down.src, session.umask,
-                                     session.upstream_interest(), session.on_upstream)
+        session.cmask = set_interest(selector, session.client, session.cmask,
+                                     session.client_interest(), session)
+        session.umask = set_interest(selector, session.upstream, session.umask,
+                                     session.upstream_interest(), session)
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: unregister both sockets, close them, count it."""
@@ -385,20 +391,22 @@ class Worker:
             return
         selector = self.loop.selector  # type: ignore[union-attr]
         if session.cmask:
-            selector.unregister(session.up.src)
+            selector.unregister(session.client)
             session.cmask = 0
         if session.umask:
-            selector.unregister(session.down.src)
+            selector.unregister(session.upstream)
             session.umask = 0
         self.sessions.discard(session)
         self._flush_bytes(session)
         up, down = session.up.moved, session.down.moved
+        debug = logger.isEnabledFor(logging.DEBUG)
+        peer = _peer_of(session.client) if debug else ""
         session.close()
         table = self.table
         table.add_at(table.counter_offset(self.index, session.slot, C_ACTIVE), -1)
-        if logger.isEnabledFor(logging.DEBUG):
+        if debug:
             logger.debug("connection closed", extra=gwlog.fields(
-                client=session.peer, endpoint=self._address_of(session.slot),
+                client=peer, endpoint=self._address_of(session.slot),
                 sent_bytes=up, received_bytes=down,
                 duration=round(time.monotonic() - session.started, 6), end=session.ended))
         self._stop_if_drained()
@@ -429,10 +437,18 @@ def _weight(entry: RosterEntry) -> int:
     return entry.endpoint.weight
 
 
-def _close_hard(sock: socket.socket) -> None:
+def _address(addr: tuple) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer_of(fd: int) -> str:
+    """The client's address, for a debug line (asks the kernel: debug only)."""
+    sock = socket.socket(fileno=fd)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        return _address(sock.getpeername())
     except OSError:
-        pass
-    sock.close()
+        return "?"
+    finally:
+        sock.detach()
 

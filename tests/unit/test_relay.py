@@ -5,7 +5,6 @@ fallback. The session is driven by a tiny selector loop here, as a worker drives
 """
 import hashlib
 import os
-import selectors
 import socket
 import struct
 import threading
@@ -13,7 +12,7 @@ import time
 
 import pytest
 
-from gateway.loop import set_interest
+from gateway.loop import Loop, set_interest
 from gateway.relay import (PIPE_SIZE, ChannelPool, CopyChannel, Session, SpliceChannel,
                            splice_works)
 
@@ -21,46 +20,54 @@ MODES = ["splice", "copy"]
 
 
 class Driver:
-    """Runs sessions the way a worker does: register what each session wants."""
+    """Runs sessions the way a worker does: on a Loop, registering what each wants."""
 
     def __init__(self, mode: str):
-        self.sel = selectors.DefaultSelector()
+        self.loop = Loop()
+        self.sel = self.loop.selector
         self.pool = ChannelPool(use_splice=(mode == "splice"))
         self.ended: list[Session] = []
+        self.live: list[Session] = []
 
     def start(self, client: socket.socket, upstream: socket.socket) -> Session:
+        """The session takes over both sockets' fds (the objects are detached)."""
         client.setblocking(False)
         upstream.setblocking(False)
-        session = Session(client, upstream, self.pool, self.sync)
+        session = Session(client.detach(), upstream.detach(), self.pool, self.sync)
+        self.live.append(session)
         self.sync(session)
         return session
 
     def sync(self, s: Session) -> None:
         if s.ended:
             if s.cmask:
-                self.sel.unregister(s.up.src)
+                self.sel.unregister(s.client)
             if s.umask:
-                self.sel.unregister(s.down.src)
+                self.sel.unregister(s.upstream)
             s.cmask = s.umask = 0
             s.close()
             self.ended.append(s)
             return
-        s.cmask = set_interest(self.sel, s.up.src, s.cmask, s.client_interest(), s.on_client)
-        s.umask = set_interest(self.sel, s.down.src, s.umask, s.upstream_interest(),
-                               s.on_upstream)
+        s.cmask = set_interest(self.sel, s.client, s.cmask, s.client_interest(), s)
+        s.umask = set_interest(self.sel, s.upstream, s.umask, s.upstream_interest(), s)
 
     def run_until(self, condition, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             assert time.monotonic() < deadline, "condition not reached in time"
-            for key, mask in self.sel.select(0.02):
-                key.data(mask)
+            self.loop.run_once(0.02)
 
     def settle(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            for key, mask in self.sel.select(0.02):
-                key.data(mask)
+            self.loop.run_once(0.02)
+
+    def close(self) -> None:
+        for s in self.live:
+            if not s.ended:
+                s.ended = "test over"
+                self.sync(s)
+        self.loop.close()
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -95,7 +102,8 @@ def wired(mode):
     driver = Driver(mode)
     session = driver.start(client, upstream)
     yield driver, session, app, member
-    for sock in (app, member, client, upstream):
+    driver.close()
+    for sock in (app, member):
         sock.close()
 
 
