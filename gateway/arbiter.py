@@ -374,14 +374,17 @@ class Arbiter:
 
     def _srv_tick(self) -> None:
         self._srv_timer = None
-        self._start_srv_refresh()
+        if self._srv_refresh is None or not self._srv_refresh.running:
+            self._start_srv_refresh()  # a slow refresh is left to finish, not restarted
         self._schedule_srv_refresh()
 
     def _start_srv_refresh(self) -> None:
+        """Start a refresh; one still running is cancelled (after SIGHUP its question
+        may be stale: the configuration changed)."""
         if self.state != RUNNING or not self.config.discovery_srv:
             return
         if self._srv_refresh is not None and self._srv_refresh.running:
-            self._srv_refresh.cancel()  # its question is stale: ask the new one
+            self._srv_refresh.cancel()
         self._srv_refresh = discovery.SrvRefresh(self.loop, self.config, self._srv_done,
                                                  HANDLED)
         self._srv_refresh.start()

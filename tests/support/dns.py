@@ -12,6 +12,8 @@ Design:
 - mode="refused": no --local and no upstream: dnsmasq answers REFUSED.
 - BlackholeDNS: a UDP socket bound on a free port that never reads, so queries to
   it time out (no ICMP port-unreachable either).
+- Both take an optional `port`, so a test can put a failing server where a working
+  one was (stop the Dnsmasq first), without restarting the client that uses it.
 Every process is stopped by its PID (SIGTERM, bounded wait, then SIGKILL).
 """
 from __future__ import annotations
@@ -49,7 +51,8 @@ class Dnsmasq:
     """dnsmasq on 127.0.0.1 (a free port) answering for `domain`."""
 
     def __init__(self, workdir: pathlib.Path | str, domain: str = "example.test",
-                 mode: str = "normal", start: bool = True, timeout: float = 10.0) -> None:
+                 mode: str = "normal", start: bool = True, timeout: float = 10.0,
+                 port: int | None = None) -> None:
         if mode not in ("normal", "servfail", "refused"):
             raise ValueError(f"mode {mode!r}")
         self.workdir = pathlib.Path(workdir)
@@ -57,7 +60,7 @@ class Dnsmasq:
         self.domain = domain.rstrip(".")
         self.mode = mode
         self.timeout = timeout
-        self.port = free_port(HOST)
+        self.port = port if port is not None else free_port(HOST)
         self.addr = f"{HOST}:{self.port}"
         self.hosts: dict[str, str] = {}
         self.srv: list[SrvEntry] = []
@@ -165,11 +168,11 @@ class Dnsmasq:
 
 
 class BlackholeDNS:
-    """A UDP port on 127.0.0.1 that accepts datagrams and never answers."""
+    """A UDP port on 127.0.0.1 (free, or `port`) that accepts datagrams and never answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind((HOST, 0))
+        self._sock.bind((HOST, port))
         self.port: int = self._sock.getsockname()[1]
         self.addr = f"{HOST}:{self.port}"
 
