@@ -21,10 +21,12 @@ import time
 from dataclasses import dataclass, field
 
 from gateway import config as gwconfig
-from gateway import discovery, listeners, sysd
+from gateway import __version__, discovery, listeners, sysd
 from gateway import log as gwlog
 from gateway.health import RFC2782, ROUND_ROBIN, HealthTable
+from gateway.httpd import HttpServer, bind_http
 from gateway.loop import Loop, Timer
+from gateway.metrics import GatewayInfo, MetricsApp
 from gateway.checks import Checker, CheckPolicy
 from gateway.worker import Worker, WorkerSettings
 
@@ -75,6 +77,9 @@ class Arbiter:
         self._listener_gen = 0
         self._srv_refresh: discovery.SrvRefresh | None = None
         self._srv_timer: Timer | None = None
+        self.http: HttpServer | None = None
+        self.reloads = 0
+        self.cpu_offsets: dict[int, float] = {}  # CPU seconds of dead workers, per index
 
     # -- start -----------------------------------------------------------------------
     def run(self) -> int:
@@ -86,6 +91,7 @@ class Arbiter:
             raise FatalError(str(exc)) from None
         endpoints = roster.endpoints
         self.listener = self._open_listener()
+        self.http = self._open_metrics(self.config.metrics_addr)
         self.table.publish(endpoints, roster.policy)
         self.loop.handle_signals(HANDLED, self._on_signal)
         self.manage_workers()
@@ -105,6 +111,8 @@ class Arbiter:
             self._kill_workers(signal.SIGKILL)
             self.exit_status = 1
         self.checker.close()
+        if self.http is not None:
+            self.http.close()
         if self._srv_refresh is not None:
             self._srv_refresh.cancel()
         logger.info("stopped", extra=gwlog.fields(status=self.exit_status))
@@ -134,6 +142,23 @@ class Arbiter:
             return listeners.bind(self.config.listen_addr)
         except listeners.ListenError as exc:
             raise FatalError(str(exc)) from None
+
+    def _open_metrics(self, addr) -> HttpServer | None:
+        """The HTTP server for /metrics, /health, /endpoints, or None when off."""
+        if addr is None:
+            return None
+        try:
+            sock = bind_http(addr)
+        except listeners.ListenError as exc:
+            raise FatalError(str(exc)) from None
+        logger.info("serving metrics", extra=gwlog.fields(address=str(addr)))
+        return HttpServer(self.loop, sock, MetricsApp(self.table, self.gateway_info).handle)
+
+    def gateway_info(self) -> GatewayInfo:
+        """What the metrics need from the master (called at each scrape)."""
+        return GatewayInfo(workers={r.index: pid for pid, r in self.workers.items()},
+                           desired_workers=self.desired_workers, reloads_total=self.reloads,
+                           cpu_offsets=dict(self.cpu_offsets), version=__version__)
 
     def _worker_settings(self) -> WorkerSettings:
         c = self.config
@@ -181,6 +206,8 @@ class Arbiter:
     def _become_worker(self, index: int, settings: WorkerSettings) -> None:
         status = 1
         try:
+            if self.http is not None:
+                self.http.close_after_fork()
             self.loop.close()
             for signum in HANDLED:
                 signal.signal(signum, signal.SIG_DFL)
@@ -200,14 +227,16 @@ class Arbiter:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             record = self.workers.pop(pid, None)
             if record is None:
-                continue
+                continue  # an SRV refresh child
+            self.cpu_offsets[record.index] = (self.cpu_offsets.get(record.index, 0.0)
+                                              + usage.ru_utime + usage.ru_stime)
             self.table.release_worker_slot(record.index)
             self._worker_exited(record, status)
         # not reached
@@ -329,16 +358,32 @@ class Arbiter:
             return
         old = self.config
         old_listener = None
+        new_http = self.http
+        if new.metrics_addr != old.metrics_addr:
+            try:
+                new_http = self._open_metrics(new.metrics_addr)
+            except FatalError as exc:
+                logger.error("reload failed; keeping the running configuration",
+                             extra=gwlog.fields(error=str(exc)))
+                sysd.notify("READY=1")
+                return
         if new.listen_addr != old.listen_addr:
             try:
                 new_listener = listeners.bind(new.listen_addr)
             except listeners.ListenError as exc:
+                if new_http is not self.http and new_http is not None:
+                    new_http.close()
                 logger.error("reload failed; keeping the running configuration",
                              extra=gwlog.fields(error=str(exc)))
                 sysd.notify("READY=1")
                 return
             old_listener, self.listener = self.listener, new_listener
             self._listener_gen += 1
+        if new_http is not self.http:
+            if self.http is not None:
+                self.http.close()
+            self.http = new_http
+        self.reloads += 1
         old_addresses = [e.endpoint.address for e in self.table.roster()]
         if endpoints is not None:
             self.table.publish(endpoints, ROUND_ROBIN)

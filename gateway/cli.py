@@ -18,6 +18,9 @@ PROG = "etcd-gatewayd"
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        from gateway import status
+        return status.main(argv[1:])
     args = gwconfig.strip_start_word(argv)
     if any(a in ("-h", "--help") for a in args):
         gwconfig.build_parser().print_help()

@@ -264,7 +264,7 @@ class HealthTable:
         Gauges (active connections) are not carried: the dead worker's are gone."""
         row = self._row_off(index)
         retired = self._row_off(self.retired_row)
-        for column in range(self.max_endpoints + 1):
+        for column in [*range(self.max_endpoints), GATEWAY]:
             for c in range(N_COUNTERS):
                 if c == C_ACTIVE and column != GATEWAY:
                     continue
@@ -300,12 +300,19 @@ class HealthTable:
         buf = self.buf
         _U64.pack_into(buf, offset, max(0, _U64.unpack_from(buf, offset)[0] + delta))
 
-    def counter(self, column: int, counter: int, worker: int | None = None) -> int:
+    def total_rows(self) -> list[int]:
+        """The rows a total adds up: live workers, the retired totals, the master. A
+        caller reading many counters at once (a scrape) can pass them to `counter`."""
+        return [*self.live_workers(), self.retired_row, self.master_row]
+
+    def counter(self, column: int, counter: int, worker: int | None = None,
+                rows: list[int] | None = None) -> int:
         """One counter of an endpoint slot (or GATEWAY): a worker's own, or the total
-        over live workers, the retired totals and the master."""
+        over `rows` (by default `total_rows()`)."""
         if worker is not None:
             return _U64.unpack_from(self.buf, self.counter_offset(worker, column, counter))[0]
-        rows = [*self.live_workers(), self.retired_row, self.master_row]
+        if rows is None:
+            rows = self.total_rows()
         return sum(_U64.unpack_from(self.buf, self.counter_offset(r, column, counter))[0]
                    for r in rows)
 
@@ -317,10 +324,13 @@ class HealthTable:
         if index < len(DIAL_BUCKETS):
             self.add_at(self.counter_offset(worker, slot, C_DIAL_BUCKET0 + index), 1)
 
-    def dial_histogram(self, slot: int) -> tuple[list[tuple[float, int]], float, int]:
+    def dial_histogram(self, slot: int, rows: list[int] | None = None
+                       ) -> tuple[list[tuple[float, int]], float, int]:
         """([(upper bound, cumulative count), ...], sum of seconds, count) for a slot."""
+        rows = self.total_rows() if rows is None else rows
         cumulative, buckets = 0, []
         for i, bound in enumerate(DIAL_BUCKETS):
-            cumulative += self.counter(slot, C_DIAL_BUCKET0 + i)
+            cumulative += self.counter(slot, C_DIAL_BUCKET0 + i, rows=rows)
             buckets.append((bound, cumulative))
-        return buckets, self.counter(slot, C_DIAL_MICROS) / 1e6, self.counter(slot, C_DIAL_COUNT)
+        return (buckets, self.counter(slot, C_DIAL_MICROS, rows=rows) / 1e6,
+                self.counter(slot, C_DIAL_COUNT, rows=rows))

@@ -8,15 +8,15 @@ accept to close (a monotonic `call_later` timer). The handler is a plain functio
 `(method, path) -> (status, content type, body)`; if it raises, the client gets 500 and
 the loop goes on. After the response the write side is shut down and unread input is
 drained briefly before close ("lingering close"), so a client that sent more than we
-read still gets its answer instead of a reset. `shutdown()` also ends the connection
-when a forked worker happens to hold a copy of the fd; a worker calls
-`close_after_fork()` to drop its copies without touching the master's connections.
+read still gets its answer instead of a reset. Closing always shuts the socket down
+first, which ends the connection even if a forked worker still holds a copy of the fd;
+a forked child calls `close_after_fork()` to drop its copies without touching the
+master's connections or its epoll interest list.
 """
 from __future__ import annotations
 
 import errno
 import http
-import selectors
 import socket
 import time
 from typing import Callable
@@ -24,7 +24,7 @@ from typing import Callable
 from gateway import log as gwlog
 from gateway.addresses import HostPort
 from gateway.listeners import ListenError
-from gateway.loop import Loop, Timer, set_interest
+from gateway.loop import READ, WRITE, Loop, Timer, set_interest
 
 logger = gwlog.get("metrics")
 
@@ -140,7 +140,7 @@ class _Conn:
     def expire(self) -> None:
         self.server._close(self)
 
-    def on_ready(self, mask: int) -> None:
+    def on_ready(self, fd: int, mask: int) -> None:
         if self.lingering:
             self._drain()
         elif self.out:
@@ -183,7 +183,7 @@ class _Conn:
                 sent = self.sock.send(self.out)
             except (BlockingIOError, InterruptedError):
                 self.interest = set_interest(self.server.loop.selector, self.fd,
-                                             self.interest, selectors.EVENT_WRITE,
+                                             self.interest, WRITE,
                                              self.on_ready)
                 return
             except OSError:
@@ -202,7 +202,7 @@ class _Conn:
             return
         self.lingering = True
         self.interest = set_interest(self.server.loop.selector, self.fd, self.interest,
-                                     selectors.EVENT_READ, self.on_ready)
+                                     READ, self.on_ready)
         self.timer.cancel()
         delay = min(LINGER, max(0.0, self.deadline - time.monotonic()))
         self.timer = self.server.loop.call_later(delay, self.expire)
@@ -223,7 +223,7 @@ class _Conn:
 
 
 class HttpServer:
-    """Serve `handler` on the listening socket `sock`, on `loop`'s selector."""
+    """Serve `handler` on the listening socket `sock`, on `loop`."""
 
     def __init__(self, loop: Loop, sock: socket.socket, handler: Handler, *,
                  timeout: float = TIMEOUT, max_connections: int = MAX_CONNECTIONS,
@@ -254,7 +254,7 @@ class HttpServer:
     def _start_accepting(self) -> None:
         self._resume = None
         if not self._closed and not self._accepting:
-            self.loop.selector.register(self.sock.fileno(), selectors.EVENT_READ,
+            self.loop.selector.register(self.sock.fileno(), READ,
                                         self._on_accept)
             self._accepting = True
 
@@ -265,7 +265,7 @@ class HttpServer:
         if self._resume is None:
             self._resume = self.loop.call_later(ACCEPT_PAUSE, self._start_accepting)
 
-    def _on_accept(self, mask: int) -> None:
+    def _on_accept(self, fd: int, mask: int) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
                 client, _ = self.sock.accept()
@@ -292,8 +292,8 @@ class HttpServer:
             conn = _Conn(self, client)
             self._conns[conn.fd] = conn
             conn.interest = set_interest(self.loop.selector, conn.fd, 0,
-                                         selectors.EVENT_READ, conn.on_ready)
-            conn.on_ready(selectors.EVENT_READ)  # the request often came with the SYN-ACK
+                                         READ, conn.on_ready)
+            conn.on_ready(conn.fd, READ)  # the request often came with the SYN-ACK
 
     # -- requests ----------------------------------------------------------------------
     def _answer(self, head: bytes) -> bytes:
@@ -307,11 +307,11 @@ class HttpServer:
                           extra_headers=(("Allow", "GET, HEAD"),))
         try:
             status, ctype, body = self.handler(method, path)
+            return render(status, ctype, body, head_only=method == "HEAD")
         except Exception as exc:  # noqa: BLE001 - a bad page must not stop the master
             logger.error("HTTP handler failed", exc_info=True, extra=gwlog.fields(
                 method=method, path=path, error=str(exc)))
-            status, ctype, body = _text(500, "internal server error")
-        return render(status, ctype, body, head_only=method == "HEAD")
+            return render(*_text(500, "internal server error"))
 
     # -- closing -----------------------------------------------------------------------
     def _close(self, conn: _Conn) -> None:

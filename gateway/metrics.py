@@ -141,6 +141,7 @@ class MetricsApp:
     # -- /endpoints --------------------------------------------------------------------
     def endpoints(self) -> bytes:
         table = self.table
+        rows = table.total_rows()
         out = []
         for entry in table.roster():
             slot, ep = entry.slot, entry.endpoint
@@ -151,12 +152,12 @@ class MetricsApp:
                 "state": "up" if table.is_up(slot) else "down",
                 "priority": ep.priority,
                 "weight": ep.weight,
-                "active_connections": table.counter(slot, C_ACTIVE),
-                "connections_total": table.counter(slot, C_CONNECTIONS),
-                "dial_failures_total": table.counter(slot, C_DIAL_FAILURES),
-                "health_check_failures_total": table.counter(slot, C_HEALTH_CHECK_FAILURES),
-                "sent_bytes_total": table.counter(slot, C_BYTES_SENT),
-                "received_bytes_total": table.counter(slot, C_BYTES_RECEIVED),
+                "active_connections": table.counter(slot, C_ACTIVE, rows=rows),
+                "connections_total": table.counter(slot, C_CONNECTIONS, rows=rows),
+                "dial_failures_total": table.counter(slot, C_DIAL_FAILURES, rows=rows),
+                "health_check_failures_total": table.counter(slot, C_HEALTH_CHECK_FAILURES, rows=rows),
+                "sent_bytes_total": table.counter(slot, C_BYTES_SENT, rows=rows),
+                "received_bytes_total": table.counter(slot, C_BYTES_RECEIVED, rows=rows),
                 "last_error": table.last_error(slot),
                 "last_change": changed,
                 "last_change_iso": rfc3339(changed),
@@ -168,15 +169,16 @@ class MetricsApp:
         table = self.table
         info = self.info()
         roster = table.roster()
+        rows = table.total_rows()
         out = Exposition()
-        self._endpoint_metrics(out, roster)
+        self._endpoint_metrics(out, roster, rows)
 
         out.family("accepted_connections_total", "counter",
                    "Client connections accepted by the workers.")
-        out.sample("accepted_connections_total", {}, table.counter(GATEWAY, G_ACCEPTED))
+        out.sample("accepted_connections_total", {}, table.counter(GATEWAY, G_ACCEPTED, rows=rows))
         out.family("rejected_connections_total", "counter",
                    "Client connections closed at once (no endpoint up, or overload).")
-        out.sample("rejected_connections_total", {}, table.counter(GATEWAY, G_REJECTED))
+        out.sample("rejected_connections_total", {}, table.counter(GATEWAY, G_REJECTED, rows=rows))
         out.family("workers", "gauge", "Worker processes alive.")
         out.sample("workers", {}, len(info.workers))
         out.family("desired_workers", "gauge", "Worker processes wanted.")
@@ -186,10 +188,11 @@ class MetricsApp:
         out.family("build_info", "gauge", "Always 1; the version is a label.")
         out.sample("build_info", {"version": info.version}, 1)
 
-        self._worker_metrics(out, info)
+        self._worker_metrics(out, info, [entry.slot for entry in roster])
         return out.text()
 
-    def _endpoint_metrics(self, out: Exposition, roster: list[RosterEntry]) -> None:
+    def _endpoint_metrics(self, out: Exposition, roster: list[RosterEntry],
+                          rows: list[int]) -> None:
         table = self.table
         labels = [(entry.slot, {"endpoint": entry.endpoint.address}) for entry in roster]
         out.family("endpoint_up", "gauge",
@@ -199,15 +202,15 @@ class MetricsApp:
         out.family("endpoint_active_connections", "gauge",
                    "Client connections currently relayed to the endpoint.")
         for slot, lab in labels:
-            out.sample("endpoint_active_connections", lab, table.counter(slot, C_ACTIVE))
+            out.sample("endpoint_active_connections", lab, table.counter(slot, C_ACTIVE, rows=rows))
         for name, counter, help_text in _ENDPOINT_COUNTERS:
             out.family(name, "counter", help_text)
             for slot, lab in labels:
-                out.sample(name, lab, table.counter(slot, counter))
+                out.sample(name, lab, table.counter(slot, counter, rows=rows))
         name = "endpoint_dial_duration_seconds"
         out.family(name, "histogram", "Time to connect to the endpoint (successful dials).")
         for slot, lab in labels:
-            buckets, total, count = table.dial_histogram(slot)
+            buckets, total, count = table.dial_histogram(slot, rows=rows)
             highest = 0
             for bound, cumulative in buckets:
                 highest = max(highest, cumulative)  # racing writers: keep it monotonic
@@ -218,7 +221,7 @@ class MetricsApp:
             out.sample(name + "_sum", lab, float(total))
             out.sample(name + "_count", lab, count)
 
-    def _worker_metrics(self, out: Exposition, info: GatewayInfo) -> None:
+    def _worker_metrics(self, out: Exposition, info: GatewayInfo, slots: list[int]) -> None:
         table = self.table
         usage = self._usage(info.workers)
         families = (
@@ -233,8 +236,7 @@ class MetricsApp:
         rows: dict[str, list[tuple[dict[str, str], float]]] = {f[0]: [] for f in families}
         for index in sorted(info.workers):
             lab = {"worker": str(index)}
-            active = sum(table.counter(slot, C_ACTIVE, worker=index)
-                         for slot in range(table.max_endpoints))
+            active = sum(table.counter(slot, C_ACTIVE, worker=index) for slot in slots)
             rows["worker_active_connections"].append((lab, active))
             u = usage.get(index)
             if u is None:
