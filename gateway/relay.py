@@ -224,7 +224,7 @@ class Session:
     States: relaying (either direction open) -> finished (both done: closed cleanly)
     | reset (an error: closed hard)."""
     __slots__ = ("client", "upstream", "up", "down", "pool", "sync", "ended",
-                 "cmask", "umask", "slot", "started", "flushed_up", "flushed_down")
+                 "cmask", "umask", "slot", "started", "flushed_up", "flushed_down", "peer")
 
     def __init__(self, client: int, upstream: int, pool: ChannelPool,
                  sync: Callable[["Session"], None]):
@@ -239,6 +239,7 @@ class Session:
         self.umask = 0         # interest registered for the upstream (worker-owned)
         self.slot = -1         # the member's slot in the health table (worker-owned)
         self.started = 0.0
+        self.peer: tuple | None = None  # the client's address, kept for debug logs only
         self.flushed_up = 0    # bytes already added to the shared counters
         self.flushed_down = 0
 

@@ -90,6 +90,7 @@ class Worker:
         self._roster: list[RosterEntry] = []
         self._srv_policy = False
         self._sync_session = self._sync  # one bound method shared by every session
+        self._debug = settings.log_level == "debug"
         self._accepting = False
         self._drain_deadline = 0.0
         self._accepted_at = table.counter_offset(index, GATEWAY, G_ACCEPTED)
@@ -363,6 +364,8 @@ class Worker:
         session.slot = slot
         session.umask = registered
         session.started = dial.started
+        if self._debug:
+            session.peer = dial.peer
         table.add_at(table.counter_offset(self.index, slot, C_CONNECTIONS), 1)
         table.add_at(table.counter_offset(self.index, slot, C_ACTIVE), 1)
         table.observe_dial(self.index, slot, time.monotonic() - dial.started)
@@ -399,14 +402,12 @@ class Worker:
         self.sessions.discard(session)
         self._flush_bytes(session)
         up, down = session.up.moved, session.down.moved
-        debug = logger.isEnabledFor(logging.DEBUG)
-        peer = _peer_of(session.client) if debug else ""
         session.close()
         table = self.table
         table.add_at(table.counter_offset(self.index, session.slot, C_ACTIVE), -1)
-        if debug:
+        if self._debug:
             logger.debug("connection closed", extra=gwlog.fields(
-                client=peer, endpoint=self._address_of(session.slot),
+                client=_address(session.peer), endpoint=self._address_of(session.slot),
                 sent_bytes=up, received_bytes=down,
                 duration=round(time.monotonic() - session.started, 6), end=session.ended))
         self._stop_if_drained()
@@ -441,14 +442,4 @@ def _address(addr: tuple) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-
-def _peer_of(fd: int) -> str:
-    """The client's address, for a debug line (asks the kernel: debug only)."""
-    sock = socket.socket(fileno=fd)
-    try:
-        return _address(sock.getpeername())
-    except OSError:
-        return "?"
-    finally:
-        sock.detach()
 
