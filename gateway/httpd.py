@@ -23,7 +23,7 @@ from typing import Callable
 
 from gateway import log as gwlog
 from gateway.addresses import HostPort
-from gateway.listeners import ListenError
+from gateway import listeners
 from gateway.loop import READ, WRITE, Loop, Timer, set_interest
 
 logger = gwlog.get("metrics")
@@ -37,50 +37,14 @@ MAX_CONNECTIONS = 64
 ACCEPT_BATCH = 64
 LINGER = 1.0          # at most this long draining input after the response
 ACCEPT_PAUSE = 0.25   # after EMFILE/ENFILE, before accepting again
-BACKLOG = 128
 _READ_SIZE = 4096
 _METHODS = ("GET", "HEAD")
 
 
 def bind_http(addr: HostPort) -> socket.socket:
-    """A listening, non-blocking socket for the HTTP endpoint (`--metrics-addr`).
-    `:PORT` and `[::]:PORT` listen on every interface, IPv4 and IPv6 where possible."""
-    host = addr.host
-    if host in ("", "::"):
-        try:
-            return _bind(socket.AF_INET6, ("::", addr.port), dual_stack=True)
-        except OSError as exc:
-            if host == "::":
-                raise ListenError(f"option --metrics-addr: cannot listen on {addr}: "
-                                  f"{exc.strerror}") from None
-            host = "0.0.0.0"
-    try:
-        infos = socket.getaddrinfo(host, addr.port, socket.AF_UNSPEC, socket.SOCK_STREAM,
-                                   0, socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ListenError(f"option --metrics-addr: cannot resolve {addr}: "
-                          f"{exc.strerror}") from None
-    family, _, _, _, sockaddr = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
-    try:
-        return _bind(family, sockaddr, dual_stack=False)
-    except OSError as exc:
-        raise ListenError(f"option --metrics-addr: cannot listen on {addr}: "
-                          f"{exc.strerror}") from None
-
-
-def _bind(family: int, sockaddr: tuple, dual_stack: bool) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
-        sock.bind(sockaddr)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A listening, non-blocking socket for the HTTP endpoint (`--metrics-addr`),
+    bound as the gateway's own listener is (`listeners.bind`)."""
+    return listeners.bind(addr, option="--metrics-addr")
 
 
 def render(status: int, content_type: str, body: bytes, head_only: bool = False,

@@ -27,26 +27,26 @@ def _tune(sock: socket.socket) -> None:
     sock.set_inheritable(True)
 
 
-def bind(addr: HostPort) -> socket.socket:
-    """A listening, non-blocking socket on `addr`."""
+def bind(addr: HostPort, option: str = "--listen-addr") -> socket.socket:
+    """A listening, non-blocking socket on `addr`; ListenError names `option`."""
     host = addr.host
     if host in ("", "::"):
         try:
             return _bind(socket.AF_INET6, ("::", addr.port), dual_stack=True)
         except OSError as exc:
             if host == "::":
-                raise ListenError(f"option --listen-addr: cannot listen on {addr}: {exc.strerror}") from None
+                raise ListenError(f"option {option}: cannot listen on {addr}: {exc.strerror}") from None
             host = "0.0.0.0"
     try:
         infos = socket.getaddrinfo(host, addr.port, socket.AF_UNSPEC, socket.SOCK_STREAM,
                                    0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ListenError(f"option --listen-addr: cannot resolve {addr}: {exc.strerror}") from None
+        raise ListenError(f"option {option}: cannot resolve {addr}: {exc.strerror}") from None
     family, _, _, _, sockaddr = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
     try:
         return _bind(family, sockaddr, dual_stack=False)
     except OSError as exc:
-        raise ListenError(f"option --listen-addr: cannot listen on {addr}: {exc.strerror}") from None
+        raise ListenError(f"option {option}: cannot listen on {addr}: {exc.strerror}") from None
 
 
 def _bind(family: int, sockaddr: tuple, dual_stack: bool) -> socket.socket:

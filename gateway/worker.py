@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
-import logging
 import os
 import random
 import signal
@@ -303,25 +302,23 @@ class Worker:
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err == 0:
             self._connected(dial, sock, entry, WRITE)
-            return
-        assert self.loop is not None
-        self.loop.selector.unregister(sock.fileno())
-        sock.close()
-        dial.sock = dial.entry = None
-        self._dial_failed(entry, f"dial tcp {entry.endpoint.address}: connect: "
-                                 f"{os.strerror(err).lower()}")
-        self._dial_next(dial)
+        else:
+            self._attempt_failed(dial, f"dial tcp {entry.endpoint.address}: connect: "
+                                       f"{os.strerror(err).lower()}")
 
     def _on_dial_timeout(self, dial: Dial) -> None:
+        if dial.sock is not None and dial.entry is not None:
+            self._attempt_failed(dial, f"dial tcp {dial.entry.endpoint.address}: i/o timeout "
+                                       f"(dial timeout {self.settings.dial_timeout:g}s)")
+
+    def _attempt_failed(self, dial: Dial, error: str) -> None:
+        """The connect under way failed: drop its socket, mark the member, go on."""
         sock, entry = dial.sock, dial.entry
-        if sock is None or entry is None:
-            return
-        assert self.loop is not None
+        assert sock is not None and entry is not None and self.loop is not None
         self.loop.selector.unregister(sock.fileno())
         sock.close()
         dial.sock = dial.entry = None
-        self._dial_failed(entry, f"dial tcp {entry.endpoint.address}: i/o timeout "
-                                 f"(dial timeout {self.settings.dial_timeout:g}s)")
+        self._dial_failed(entry, error)
         self._dial_next(dial)
 
     def _dial_failed(self, entry: RosterEntry, error: str) -> None:

@@ -6,21 +6,11 @@ import pytest
 
 from tests.support.echo import EchoServer, HungListener, dead_addr
 from tests.support.ports import free_port
+from tests.support.clients import echo_once
 
 pytestmark = pytest.mark.integration
 
 
-def echo_once(addr: str, payload: bytes = b"ping", timeout: float = 10) -> bytes:
-    host, port = addr.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
 
 
 def start(gateway_factory, endpoints, *extra):

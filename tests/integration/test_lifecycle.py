@@ -13,34 +13,15 @@ from tests.support.echo import EchoServer
 from tests.support.gateway_proc import READY_MSG, REPO, gateway_command, run_gateway
 from tests.support.ports import free_port
 from tests.support.stream import ConnectionStream
+from tests.support.clients import accepts, roundtrip, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def wait_until(condition, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
 
 
-def roundtrip(sock: socket.socket, payload: bytes) -> bytes:
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = sock.recv(4096)
-        if not data:
-            break
-        got += data
-    return got
 
 
-def accepts(sockaddr) -> bool:
-    try:
-        with socket.create_connection(sockaddr, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture

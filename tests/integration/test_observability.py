@@ -3,8 +3,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -14,15 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.echo import EchoServer, dead_addr
 from tests.support.gateway_proc import run_gateway
 from tests.support.ports import free_port
+from tests.support.clients import echo_once, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def wait_until(condition, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.1)
 
 
 def start(gateway_factory, endpoints, *extra):
@@ -57,22 +51,12 @@ def value(gw, name: str, **labels) -> float:
     return samples(gw).get((name, frozenset(labels.items())), float("nan"))
 
 
-def exchange(sockaddr, payload: bytes) -> bytes:
-    with socket.create_connection(sockaddr, timeout=10) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        got = b""
-        while True:
-            data = s.recv(65536)
-            if not data:
-                return got
-            got += data
 
 
 def test_the_whole_metrics_page_parses_and_has_every_series(gateway_factory):
     with EchoServer() as echo:
         gw = start(gateway_factory, [echo.addr])
-        exchange(gw.sockaddr, b"x")
+        echo_once(gw.sockaddr, b"x")
         names = {name for name, _ in samples(gw)}
     for name in ("etcd_gateway_endpoint_up", "etcd_gateway_endpoint_active_connections",
                  "etcd_gateway_endpoint_connections_total",
@@ -96,7 +80,7 @@ def test_byte_and_connection_counters_are_exact(gateway_factory):
     with EchoServer() as echo:
         gw = start(gateway_factory, [echo.addr], "--health-check=none")
         for size in (1000, 250_000, 3):
-            assert len(exchange(gw.sockaddr, b"b" * size)) == size
+            assert len(echo_once(gw.sockaddr, b"b" * size)) == size
         ep = {"endpoint": echo.addr}
         wait_until(lambda: value(gw, "etcd_gateway_endpoint_active_connections", **ep) == 0,
                    5, "connections still counted as active")
@@ -148,7 +132,7 @@ def test_rejected_clients_are_counted(gateway_factory):
     gw = start(gateway_factory, [dead_addr()], "--health-check=none")
     for _ in range(3):
         try:
-            exchange(gw.sockaddr, b"x")
+            echo_once(gw.sockaddr, b"x")
         except OSError:
             pass
     wait_until(lambda: value(gw, "etcd_gateway_rejected_connections_total") == 3, 5,
@@ -160,7 +144,7 @@ def test_endpoints_json_lists_state_counters_and_last_error(gateway_factory):
         dead = dead_addr()
         gw = start(gateway_factory, [dead, echo.addr], "--health-check=none")
         for _ in range(4):
-            exchange(gw.sockaddr, b"q")
+            echo_once(gw.sockaddr, b"q")
         status, body = get(gw, "/endpoints")
         assert status == 200
         rows = {row["endpoint"]: row for row in json.loads(body)}
@@ -176,7 +160,7 @@ def test_counters_survive_killing_the_workers(gateway_factory):
     with EchoServer() as echo:
         gw = start(gateway_factory, [echo.addr], "--health-check=none", "--workers=2")
         for _ in range(10):
-            exchange(gw.sockaddr, b"k" * 100)
+            echo_once(gw.sockaddr, b"k" * 100)
         ep = {"endpoint": echo.addr}
         wait_until(lambda: value(gw, "etcd_gateway_endpoint_sent_bytes_total", **ep) == 1000,
                    5, "counters not there")
@@ -201,7 +185,7 @@ def test_status_prints_the_endpoints_table(gateway_factory):
         dead = dead_addr()
         gw = start(gateway_factory, [dead, echo.addr], "--health-check=none")
         for _ in range(3):
-            exchange(gw.sockaddr, b"s")
+            echo_once(gw.sockaddr, b"s")
         result = run_gateway(["status", "--metrics-addr", gw.metrics])
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
@@ -214,7 +198,7 @@ def test_status_prints_the_endpoints_table(gateway_factory):
 def test_debug_logs_one_line_per_connection_at_close(gateway_factory):
     with EchoServer() as echo:
         gw = start(gateway_factory, [echo.addr], "--log-level=debug", "--health-check=none")
-        exchange(gw.sockaddr, b"d" * 1234)
+        echo_once(gw.sockaddr, b"d" * 1234)
         line = gw.wait_log("connection closed", 5)
         assert line["endpoint"] == echo.addr
         assert line["sent_bytes"] == 1234 and line["received_bytes"] == 1234

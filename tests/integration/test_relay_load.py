@@ -1,7 +1,5 @@
 """Bytes under load and the gateway's resources: integrity, scale, leaks, limits."""
 import hashlib
-import os
-import selectors
 import socket
 import struct
 import threading
@@ -12,6 +10,7 @@ import pytest
 
 from tests.support.echo import EchoServer
 from tests.support.ports import free_port
+from tests.support.clients import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +35,6 @@ def worker_rss(gw) -> int:
     return sum(psutil.Process(pid).memory_info().rss for pid in gw.worker_pids())
 
 
-def wait_until(condition, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.1)
 
 
 def echo_transfer(sockaddr, size: int, seed: int) -> tuple[str, str]:

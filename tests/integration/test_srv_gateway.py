@@ -22,6 +22,7 @@ from tests.support.echo import EchoServer
 from tests.support.gateway_proc import run_gateway
 from tests.support.ports import free_port
 from tests.support.tls import Pki, TLSEchoServer
+from tests.support.clients import echo_once, roundtrip
 
 pytestmark = pytest.mark.integration
 
@@ -45,16 +46,6 @@ def _split(addr: str) -> tuple[str, int]:
     return h, int(p)
 
 
-def echo_once(addr: str, payload: bytes = b"ping", timeout: float = 10) -> bytes:
-    with socket.create_connection(_split(addr), timeout=timeout) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
 
 
 def echo_many(addr: str, n: int, tag: str = "c") -> None:
@@ -64,15 +55,6 @@ def echo_many(addr: str, n: int, tag: str = "c") -> None:
         assert echo_once(addr, payload) == payload
 
 
-def roundtrip(sock: socket.socket, payload: bytes) -> bytes:
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = sock.recv(65536)
-        if not data:
-            break
-        got += data
-    return got
 
 
 def wait_for(cond, timeout: float = 5.0) -> bool:
