@@ -34,7 +34,10 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
+        """Cancel, and let go of the callback (and all it holds) at once: the Timer
+        itself stays in the heap until its deadline passes."""
         self.cancelled = True
+        self.callback = _nothing
 
     def __lt__(self, other: "Timer") -> bool:
         return self.deadline < other.deadline
@@ -169,6 +172,10 @@ def set_interest(selector: Poller, fd: int, old: int, new: int, callback: Callba
         else:
             selector.modify(fd, new, callback)
     return new
+
+
+def _nothing() -> None:
+    """What a cancelled timer calls (never, in fact: it is skipped)."""
 
 
 def _record_only(signum: int, frame: object) -> None:

@@ -83,7 +83,7 @@ class Worker:
         self.state = SERVING
         self.loop: Loop | None = None
         self.pool: ChannelPool | None = None
-        self.sessions: set[Session] = set()
+        self.session_count = 0  # live sessions are the poller's Session callbacks
         self.dials: set[Dial] = set()
         self._roster_gen = -1
         self._roster: list[RosterEntry] = []
@@ -137,7 +137,7 @@ class Worker:
                            extra=gwlog.fields(worker=self.index, master=self.master_pid))
             self.state = STOPPED
             return
-        for session in self.sessions:
+        for session in self._live_sessions():
             self._flush_bytes(session)
         assert self.pool is not None
         self.pool.trim()
@@ -145,7 +145,7 @@ class Worker:
             if time.monotonic() >= self._drain_deadline:
                 logger.warning("shutdown timeout: closing connections still open",
                                extra=gwlog.fields(worker=self.index,
-                                                  connections=len(self.sessions)))
+                                                  connections=self.session_count))
                 self.state = STOPPED
                 return
             self._stop_if_drained()
@@ -162,17 +162,17 @@ class Worker:
         self._pause_accepting()
         self.listener.close()
         logger.debug("worker draining", extra=gwlog.fields(
-            worker=self.index, connections=len(self.sessions) + len(self.dials)))
+            worker=self.index, connections=self.session_count + len(self.dials)))
         self._stop_if_drained()
 
     def _stop_if_drained(self) -> None:
-        if self.state == DRAINING and not self.sessions and not self.dials:
+        if self.state == DRAINING and not self.session_count and not self.dials:
             self.state = STOPPED
 
     def _close_all(self) -> None:
         for dial in list(self.dials):
             self._abandon_dial(dial)
-        for session in list(self.sessions):
+        for session in self._live_sessions():
             if not session.ended:
                 session.ended = "closed at shutdown"
             self._finish(session)
@@ -230,7 +230,7 @@ class Worker:
         if suppressed is not None:
             logger.warning("out of file descriptors: pausing accept", extra=gwlog.fields(
                 worker=self.index, error=exc.strerror, pause=ACCEPT_PAUSE,
-                connections=len(self.sessions), repeats=suppressed))
+                connections=self.session_count, repeats=suppressed))
 
     # -- dialing ---------------------------------------------------------------------
     def _current_roster(self) -> list[RosterEntry]:
@@ -360,13 +360,12 @@ class Worker:
         session = Session(dial.client, sock.detach(), self.pool, self._sync_session)
         session.slot = slot
         session.umask = registered
-        session.started = dial.started
         if self._debug:
-            session.peer = dial.peer
+            session.peer, session.started = dial.peer, dial.started
         table.add_at(table.counter_offset(self.index, slot, C_CONNECTIONS), 1)
         table.add_at(table.counter_offset(self.index, slot, C_ACTIVE), 1)
         table.observe_dial(self.index, slot, time.monotonic() - dial.started)
-        self.sessions.add(session)
+        self.session_count += 1
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
             assert self.loop is not None
@@ -387,8 +386,8 @@ class Worker:
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: unregister both sockets, close them, count it."""
-        if session not in self.sessions:
-            return
+        if session.client < 0:
+            return  # already finished
         selector = self.loop.selector  # type: ignore[union-attr]
         if session.cmask:
             selector.unregister(session.client)
@@ -396,7 +395,7 @@ class Worker:
         if session.umask:
             selector.unregister(session.upstream)
             session.umask = 0
-        self.sessions.discard(session)
+        self.session_count -= 1
         self._flush_bytes(session)
         up, down = session.up.moved, session.down.moved
         session.close()
@@ -408,6 +407,16 @@ class Worker:
                 sent_bytes=up, received_bytes=down,
                 duration=round(time.monotonic() - session.started, 6), end=session.ended))
         self._stop_if_drained()
+
+    def _live_sessions(self) -> list[Session]:
+        """Every open session, from the poller (each is registered for at least one of
+        its sockets while it lives): no separate set to keep per connection."""
+        assert self.loop is not None
+        seen: dict[int, Session] = {}
+        for callback in self.loop.selector.callbacks.values():
+            if isinstance(callback, Session):
+                seen[id(callback)] = callback
+        return list(seen.values())
 
     def _flush_bytes(self, session: Session) -> None:
         table, slot = self.table, session.slot
