@@ -9,7 +9,6 @@ and a reload can keep the old config.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
