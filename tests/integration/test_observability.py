@@ -206,17 +206,28 @@ def test_debug_logs_one_line_per_connection_at_close(gateway_factory):
         assert line["end"] == "closed" and line["duration"] >= 0
 
 
-def test_reloads_are_counted(gateway_factory, tmp_path):
+def test_reloads_are_counted_and_no_counter_goes_back(gateway_factory, tmp_path):
     with EchoServer() as echo:
         conf = tmp_path / "gw.conf"
-        conf.write_text(f"endpoints = {echo.addr}\n")
-        metrics = free_port()
-        gw = gateway_factory(["-c", str(conf), f"--listen-addr=127.0.0.1:{free_port()}",
+        conf.write_text(f"endpoints = {echo.addr}\nhealth-check = none\n")
+        metrics, port = free_port(), free_port()
+        gw = gateway_factory(["-c", str(conf), f"--listen-addr=127.0.0.1:{port}",
                               f"--metrics-addr=127.0.0.1:{metrics}"])
         gw.metrics = f"127.0.0.1:{metrics}"
+        for _ in range(5):
+            echo_once(("127.0.0.1", port), b"r" * 10)
+        ep = {"endpoint": echo.addr}
+        wait_until(lambda: value(gw, "etcd_gateway_endpoint_sent_bytes_total", **ep) == 50, 5,
+                   "bytes not counted")
+        # a changed worker setting replaces every worker: their counts must carry over
+        conf.write_text(f"endpoints = {echo.addr}\nhealth-check = none\ndial-timeout = 2s\n")
         gw.signal(signal.SIGHUP)
         gw.wait_log("reloaded", 5)
+        wait_until(lambda: gw.count_log("worker exited") >= 2, 10, "old workers not retired")
         assert value(gw, "etcd_gateway_reloads_total") == 1
+        assert value(gw, "etcd_gateway_endpoint_connections_total", **ep) == 5
+        assert value(gw, "etcd_gateway_endpoint_sent_bytes_total", **ep) == 50
+        assert value(gw, "etcd_gateway_accepted_connections_total") == 5
 
 
 # -- active etcd health checks against a real cluster ------------------------------------

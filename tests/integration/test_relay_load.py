@@ -184,3 +184,22 @@ def test_running_out_of_descriptors_is_survived(gateway_factory):
             assert time.monotonic() < deadline, "service did not resume"
             time.sleep(0.2)
         assert gw.running
+
+
+def test_both_legs_have_keepalive(gateway_factory):
+    """`ss -o` shows a keepalive timer on every socket with SO_KEEPALIVE on."""
+    import subprocess
+    with EchoServer() as echo:
+        gw = start(gateway_factory, [echo.addr], "--workers=1", "--health-check=none")
+        with socket.create_connection(gw.sockaddr, timeout=5) as s:
+            s.sendall(b"k")
+            assert s.recv(1) == b"k"
+            worker = gw.worker_pids()[0]
+            out = subprocess.run(["ss", "-tnpo", "state", "established"], capture_output=True,
+                                 text=True, timeout=10, check=True).stdout
+            legs = [line for line in out.splitlines() if f"pid={worker}," in line]
+            client_leg = [l for l in legs if f"127.0.0.1:{gw.sockaddr[1]} " in l]
+            member_leg = [l for l in legs if f"{echo.addr} " in l]
+            assert client_leg and member_leg, out
+            for line in client_leg + member_leg:
+                assert "timer:(keepalive" in line, line
