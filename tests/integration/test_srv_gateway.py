@@ -22,7 +22,7 @@ from tests.support.echo import EchoServer
 from tests.support.gateway_proc import run_gateway
 from tests.support.ports import free_port
 from tests.support.tls import Pki, TLSEchoServer
-from tests.support.clients import echo_once, roundtrip
+from tests.support.clients import echo_once, roundtrip, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +55,6 @@ def echo_many(addr: str, n: int, tag: str = "c") -> None:
         assert echo_once(addr, payload) == payload
 
 
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def srv_args(dm: Dnsmasq, listen: str, *extra: str, refresh: str = "0",
@@ -210,7 +201,8 @@ def test_only_ssl_records_that_pass_tls_validation_are_used(gateway_factory, dm,
         assert gw.wait_log("using validated discovered SRV endpoints", 1)["endpoints"] == [
             f"{host(1)}:{good.port}"]
         assert gw.wait_log("ready to proxy client requests", 1)["endpoints"] == [good.addr]
-        assert wait_for(lambda: good.handshakes == 1 and forged.accepted == 1)
+        wait_until(lambda: good.handshakes == 1 and forged.accepted == 1, 5,
+                   "validation connections not seen")
         # clients speak TLS through the gateway and verify the member themselves
         ctx = ssl.create_default_context(cafile=pki.ca.cert)
         for i in range(10):
@@ -218,7 +210,7 @@ def test_only_ssl_records_that_pass_tls_validation_are_used(gateway_factory, dm,
                 with ctx.wrap_socket(raw, server_hostname=host(1)) as tls:
                     payload = b"secure%d" % i
                     assert roundtrip(tls, payload) == payload
-        assert wait_for(lambda: good.handshakes == 11)
+        wait_until(lambda: good.handshakes == 11, 5, "TLS clients did not all arrive")
         assert forged.accepted == 1  # the validation only
     finally:
         good.stop()

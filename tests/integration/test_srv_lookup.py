@@ -21,6 +21,7 @@ from tests.support.dns import BlackholeDNS, Dnsmasq
 from tests.support.echo import HungListener, dead_addr
 from tests.support.ports import free_ports
 from tests.support.tls import Pki, TLSEchoServer
+from tests.support.clients import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +37,6 @@ def _dead_port() -> int:
 
 def _servers(*dns_servers) -> tuple[HostPort, ...]:
     return tuple(HostPort("127.0.0.1", s.port) for s in dns_servers)
-
-
-def _wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +134,7 @@ def test_secure_records_kept_only_after_tls_validation(dnsmasq, tls_servers, pki
     assert "certificate verify failed" in b2
     b3 = next(e for e in d.errors if f"b3.{D}" in e)
     assert "Hostname mismatch" in b3 and "certificate verify failed" in b3
-    assert _wait_for(lambda: good.handshakes > before)  # a real handshake happened
+    wait_until(lambda: good.handshakes > before, 5, "no TLS handshake happened")
 
     msgs = [(r.getMessage(), getattr(r, "fields", {})) for r in caplog.records]
     failed = [f for m, f in msgs if m == "failed to validate discovered endpoints"]
@@ -196,7 +188,7 @@ def test_real_etcd_with_client_cert_auth_validates(tmp_path, pki, monkeypatch, t
                 return True
             except OSError:
                 return False
-        assert _wait_for(listening, 15), (tmp_path / "etcd.log").read_text()[-2000:]
+        wait_until(listening, 15, "etcd did not listen")
         if tls12:
             real = ssl.create_default_context
 
