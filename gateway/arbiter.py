@@ -66,7 +66,7 @@ class Arbiter:
 
     def __post_init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = Loop()
+        self.loop = Loop(on_error=self._handler_failed)
         self.table = HealthTable()
         self.listener: socket.socket | None = None
         self.checker = Checker(self.loop, self.table, _check_policy(self.config))
@@ -80,6 +80,14 @@ class Arbiter:
         self.http: HttpServer | None = None
         self.reloads = 0
         self.cpu_offsets: dict[int, float] = {}  # CPU seconds of dead workers, per index
+
+    def _handler_failed(self, callback: object, exc: BaseException) -> None:
+        """FatalError ends the master on purpose; anything else is a bug in one handler
+        (a check, an HTTP request): logged, and the master keeps supervising."""
+        if isinstance(exc, FatalError):
+            raise exc
+        logger.error("event handler failed", exc_info=exc,
+                     extra=gwlog.fields(handler=repr(callback)))
 
     # -- start -----------------------------------------------------------------------
     def run(self) -> int:

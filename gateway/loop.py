@@ -18,6 +18,7 @@ worker makes its own after fork: an inherited epoll fd would share its interest 
 from __future__ import annotations
 
 import heapq
+import logging
 import select
 import signal
 import socket
@@ -79,8 +80,13 @@ class Poller:
 
 
 class Loop:
-    def __init__(self) -> None:
+    """`on_error(callback, exc)` is called when a callback raises (a bug, not an I/O
+    error: those are handled where they happen); by default it logs, and the loop goes
+    on, so one bad event cannot take a whole process and its connections down."""
+
+    def __init__(self, on_error: Callable[[object, BaseException], None] | None = None) -> None:
         self.selector = Poller()
+        self.on_error = on_error or _log_error
         self._timers: list[Timer] = []
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -98,7 +104,10 @@ class Loop:
         while timers and timers[0].deadline <= now:
             timer = heapq.heappop(timers)
             if not timer.cancelled:
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception as exc:  # noqa: BLE001 - see on_error
+                    self.on_error(timer.callback, exc)
 
     def _timeout(self, max_wait: float) -> float:
         timers = self._timers
@@ -116,7 +125,10 @@ class Loop:
             if callback is not None:  # None: unregistered by an earlier callback
                 if mask & _ERROR:
                     mask |= READ | WRITE
-                callback(fd, mask)
+                try:
+                    callback(fd, mask)
+                except Exception as exc:  # noqa: BLE001 - see on_error
+                    self.on_error(callback, exc)
         self._run_timers()
 
     # -- signals ---------------------------------------------------------------------
@@ -172,6 +184,11 @@ def set_interest(selector: Poller, fd: int, old: int, new: int, callback: Callba
         else:
             selector.modify(fd, new, callback)
     return new
+
+
+def _log_error(callback: object, exc: BaseException) -> None:
+    logging.getLogger("etcd-gatewayd.loop").error(
+        "event handler failed", exc_info=exc, extra={"fields": {"handler": repr(callback)}})
 
 
 def _nothing() -> None:

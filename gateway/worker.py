@@ -102,7 +102,7 @@ class Worker:
     def run(self) -> int:
         """The worker's whole life after fork; returns its exit status."""
         gwlog.setup(self.settings.log_level, self.settings.log_format, self.settings.log_file)
-        self.loop = Loop()
+        self.loop = Loop(on_error=self._handler_failed)
         self.loop.handle_signals((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1),
                                  self._on_signal)
         # SIGINT from a terminal reaches the whole group: the master turns it into a
@@ -121,6 +121,18 @@ class Worker:
             self.loop.run_once(TICK)
         self._close_all()
         return 0
+
+    def _handler_failed(self, callback: object, exc: BaseException) -> None:
+        """A bug in an event handler: log it; if it was a session's, close that session
+        (its state is unknown), and keep serving every other connection."""
+        logger.error("event handler failed", exc_info=exc,
+                     extra=gwlog.fields(worker=self.index, handler=type(callback).__name__))
+        if isinstance(callback, Session) and callback.client >= 0:
+            callback.ended = callback.ended or f"reset: internal error: {exc!r}"
+            try:
+                self._finish(callback)
+            except Exception:  # noqa: BLE001 - the session is beyond saving
+                logger.exception("cannot close a failed session")
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGTERM:

@@ -1,0 +1,51 @@
+"""The worker's handling of sessions, on real sockets, without forking."""
+import os
+import socket
+
+from gateway.health import C_ACTIVE, Endpoint, HealthTable
+from gateway.loop import Loop
+from gateway.relay import ChannelPool, Session
+from gateway.worker import SERVING, Worker, WorkerSettings
+
+SETTINGS = WorkerSettings(dial_timeout=1.0, retry_delay=60.0, shutdown_timeout=5.0,
+                          log_level="error", log_format="json", log_file="")
+
+
+class Exploding(Session):
+    __slots__ = ()
+
+    def _event(self, mask, outgoing, incoming):
+        raise RuntimeError("a bug in the relay")
+
+
+def test_a_session_whose_handler_fails_is_closed_and_the_worker_goes_on():
+    table = HealthTable()
+    slot = table.publish([Endpoint("e", socket.AF_INET, "127.0.0.1", 1)])[0].slot
+    index = table.claim_worker_slot(os.getpid())
+    listener = socket.create_server(("127.0.0.1", 0))
+    worker = Worker(index, listener, table, SETTINGS, os.getppid())
+    worker.loop = Loop(on_error=worker._handler_failed)
+    worker.pool = ChannelPool(use_splice=True)
+    app, client = socket.socketpair()
+    upstream, member = socket.socketpair()
+    for sock in (client, upstream):
+        sock.setblocking(False)
+    session = Exploding(client.detach(), upstream.detach(), worker.pool, worker._sync_session)
+    session.slot = slot
+    worker.session_count = 1
+    table.add_at(table.counter_offset(index, slot, C_ACTIVE), 1)
+    worker._sync(session)
+    app.sendall(b"boom")
+    worker.loop.run_once(0.5)
+    assert session.client == -1                      # closed
+    assert worker.session_count == 0
+    assert table.counter(slot, C_ACTIVE, worker=index) == 0
+    assert worker.state == SERVING
+    try:                                             # the client sees its connection end
+        assert app.recv(10) == b""
+    except ConnectionResetError:
+        pass
+    assert session not in worker.loop.selector.callbacks.values()  # unregistered
+    for sock in (app, member, listener):
+        sock.close()
+    worker.loop.close()
