@@ -9,6 +9,7 @@ and a reload can keep the old config.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -99,6 +100,11 @@ def _resolver_list(text: str) -> tuple[addresses.HostPort, ...]:
         if not item:
             continue
         hp = addresses.parse_endpoint(item)
+        try:
+            ipaddress.ip_address(hp.host)
+        except ValueError:
+            raise ValueError(f"{hp.host!r} is not an IP address (a DNS server is given "
+                             "by address, e.g. 127.0.0.1:8600)") from None
         if ":" not in item.rsplit("]", 1)[-1]:
             hp = addresses.HostPort(hp.host, 53)
         out.append(hp)

@@ -41,12 +41,13 @@ ROUND_ROBIN, RFC2782 = 0, 1  # how workers choose among the roster
 _F64 = struct.Struct("<d")
 
 # endpoint slot: static part (master, under the seqlock), then dynamic health fields
-_EP_STATIC = struct.Struct("<BBHHH46s80s")  # in_use, family, port, priority, weight, ip, label
-_EP_SIZE = 256
-_EP_DOWN_OFF = 136      # f64 down_at
-_EP_CHANGED_OFF = 144   # f64 wall-clock time of the last state change
-_EP_ERROR_OFF = 152     # 96s last error text
-_EP_ERROR_LEN = 96
+# (a label holds a whole DNS name, 253 bytes at most, and ":port")
+_EP_STATIC = struct.Struct("<BBHHH46s264s")  # in_use, family, port, prio, weight, ip, label
+_EP_SIZE = 512
+_EP_DOWN_OFF = 320      # f64 down_at
+_EP_CHANGED_OFF = 328   # f64 wall-clock time of the last state change
+_EP_ERROR_OFF = 336     # last error text
+_EP_ERROR_LEN = 160
 
 # worker slot: pid, then per-worker figures
 _WK = struct.Struct("<Iid")  # pid, state (0 free, 1 live), started (wall clock)
@@ -178,7 +179,7 @@ class HealthTable:
             _EP_STATIC.pack_into(self.buf, off, 0, 0, 0, 0, 0, b"", b"")
             return
         _EP_STATIC.pack_into(self.buf, off, 1, ep.family, ep.port, ep.priority, ep.weight,
-                             ep.ip.encode()[:46], ep.label.encode()[:80])
+                             ep.ip.encode()[:46], ep.label.encode()[:264])
 
     def _read_static(self, slot: int) -> Endpoint | None:
         in_use, family, port, prio, weight, ip, label = _EP_STATIC.unpack_from(

@@ -173,3 +173,11 @@ def test_describe_writes_values_as_they_would_be_given():
     assert c.describe("retry-delay") == "1m30s"
     assert c.describe("endpoints") == "a:1,[::1]:2"
     assert c.describe("insecure-discovery") == "false"
+
+
+def test_srv_resolvers_are_ip_addresses_with_port_53_by_default():
+    c = load("--discovery-srv-resolver=127.0.0.1:8600,[::1],10.0.0.2")
+    assert [str(r) for r in c.discovery_srv_resolver] == ["127.0.0.1:8600", "[::1]:53",
+                                                         "10.0.0.2:53"]
+    message = refused("--discovery-srv-resolver=dns.example.com")
+    assert "--discovery-srv-resolver" in message and "not an IP address" in message

@@ -151,3 +151,10 @@ def test_the_master_row_counts_toward_totals():
     slot = table.publish([ep(1)])[0].slot
     table.add_at(table.counter_offset(table.master_row, slot, C_HEALTH_CHECK_FAILURES), 2)
     assert table.counter(slot, C_HEALTH_CHECK_FAILURES) == 2
+
+
+def test_a_full_length_dns_name_fits_as_a_label():
+    name = ("a" * 63 + ".") * 3 + "b" * 61  # 253 bytes, the DNS maximum
+    table = HealthTable()
+    table.publish([Endpoint(f"{name}:2379", socket.AF_INET, "127.0.0.1", 2379)])
+    assert table.roster()[0].endpoint.label == f"{name}:2379"
