@@ -37,6 +37,7 @@ CRASH_WINDOW = 10.0      # seconds
 CRASH_LIMIT = 5          # worker deaths within the window that make the master give up
 KILL_GRACE = 5.0         # after the shutdown timeout, before SIGKILL
 QUIT_GRACE = 2.0         # after SIGQUIT to the workers, before SIGKILL
+FORK_RETRY = 1.0         # after a failed fork, once the service is up
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
            signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU)
 
@@ -75,6 +76,7 @@ class Arbiter:
         self._stop_deadline = 0.0
         self._quitting = False
         self._listener_gen = 0
+        self._fork_retry: Timer | None = None
         self._srv_refresh: discovery.SrvRefresh | None = None
         self._srv_timer: Timer | None = None
         self.http: HttpServer | None = None
@@ -187,12 +189,14 @@ class Arbiter:
         current = [w for w in serving
                    if w.settings == settings and w.listener_gen == self._listener_gen]
         stale = [w for w in serving if w not in current]
-        for _ in range(self.desired_workers - len(current)):
-            self._spawn()
+        started = sum(self._spawn() for _ in range(self.desired_workers - len(current)))
+        if started < self.desired_workers - len(current):
+            return  # keep the stale workers serving until their replacements exist
         for record in stale + current[:max(0, len(current) - self.desired_workers)]:
             self._retire(record)
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> bool:
+        """Fork one worker; False (and a retry scheduled) when the fork failed."""
         assert self.listener is not None
         index = self.table.claim_worker_slot(0)
         settings = self._worker_settings()
@@ -202,7 +206,14 @@ class Arbiter:
         except OSError as exc:
             self.table.release_worker_slot(index)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            raise FatalError(f"cannot fork a worker: {exc.strerror}") from None
+            if not self.workers:
+                raise FatalError(f"cannot fork a worker: {exc.strerror}") from None
+            # the service is up: keep it, and try again shortly
+            logger.error("cannot fork a worker; retrying", extra=gwlog.fields(
+                error=exc.strerror, retry=FORK_RETRY))
+            if self._fork_retry is None:
+                self._fork_retry = self.loop.call_later(FORK_RETRY, self._retry_spawn)
+            return False
         if pid == 0:
             self._become_worker(index, settings)  # never returns
         self.table.set_worker_pid(index, pid)
@@ -210,12 +221,20 @@ class Arbiter:
         self.workers[pid] = WorkerRecord(pid, index, time.monotonic(), settings,
                                          self._listener_gen)
         logger.info("started worker", extra=gwlog.fields(worker=index, worker_pid=pid))
+        return True
+
+    def _retry_spawn(self) -> None:
+        self._fork_retry = None
+        self.manage_workers()
 
     def _become_worker(self, index: int, settings: WorkerSettings) -> None:
         status = 1
         try:
             if self.http is not None:
                 self.http.close_after_fork()
+            self.checker.close_after_fork()
+            if self._srv_refresh is not None:
+                self._srv_refresh.close_after_fork()
             self.loop.close()
             for signum in HANDLED:
                 signal.signal(signum, signal.SIG_DFL)
@@ -299,11 +318,18 @@ class Arbiter:
             self.reload()
         elif signum == signal.SIGUSR1:
             c = self.config
-            gwlog.setup(c.log_level, c.log_format, c.log_file)
-            self._kill_workers(signal.SIGUSR1)
+            self._kill_workers(signal.SIGUSR1)  # first: each reopens its own
+            try:
+                gwlog.setup(c.log_level, c.log_format, c.log_file)
+            except OSError as exc:
+                logger.error("cannot reopen the log file; still writing to the old one",
+                             extra=gwlog.fields(path=c.log_file, error=exc.strerror))
+                return
             logger.info("reopened log file", extra=gwlog.fields(path=c.log_file or "stderr"))
         elif signum == signal.SIGTTIN:
-            self.desired_workers = min(self.desired_workers + 1, self.table.max_workers)
+            # at most half the table's slots: a reload starts replacements before the
+            # old workers go
+            self.desired_workers = min(self.desired_workers + 1, self.table.max_workers // 2)
             logger.info("worker count changed", extra=gwlog.fields(workers=self.desired_workers))
             self.manage_workers()
         elif signum == signal.SIGTTOU:
@@ -349,52 +375,59 @@ class Arbiter:
     # -- reload ------------------------------------------------------------------------
     def reload(self) -> None:
         """Re-read the configuration (same command line and environment); on any error
-        keep running exactly as before. Endpoint changes reach every worker at once
-        through the table; open connections are untouched."""
+        keep running exactly as before. Everything that can fail (parsing, resolving,
+        binding a new listen or metrics address) is done first, into a plan; only then
+        is the plan applied. Endpoint changes reach every worker at once through the
+        table; open connections are untouched."""
         if self.state != RUNNING:
             return
         sysd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            new = gwconfig.load(self.argv, self.environ)
-            # SRV answers arrive later, from a refresh child; static ones are resolved now
-            endpoints = None if new.discovery_srv else discovery.resolve_static(new)
-            _check_log_file(new.log_file)
-        except gwconfig.ConfigError as exc:
+            plan = self._prepare_reload()
+        except (gwconfig.ConfigError, FatalError, listeners.ListenError) as exc:
             logger.error("reload failed; keeping the running configuration",
                          extra=gwlog.fields(error=str(exc)))
-            sysd.notify("READY=1")
-            return
+        else:
+            self._apply_reload(plan)
+        sysd.notify("READY=1")
+
+    def _prepare_reload(self) -> "_ReloadPlan":
+        """Parse, resolve, and bind what changed; raise (having closed whatever it
+        opened) if anything is wrong. Changes nothing the running gateway uses."""
+        new = gwconfig.load(self.argv, self.environ)
+        # SRV answers arrive later, from a refresh child; static ones are resolved now
+        endpoints = None if new.discovery_srv else discovery.resolve_static(new)
+        _check_log_file(new.log_file)
+        plan = _ReloadPlan(new, endpoints)
         old = self.config
-        old_listener = None
-        new_http = self.http
-        if new.metrics_addr != old.metrics_addr:
-            try:
-                new_http = self._open_metrics(new.metrics_addr)
-            except FatalError as exc:
-                logger.error("reload failed; keeping the running configuration",
-                             extra=gwlog.fields(error=str(exc)))
-                sysd.notify("READY=1")
-                return
-        if new.listen_addr != old.listen_addr:
-            try:
-                new_listener = listeners.bind(new.listen_addr)
-            except listeners.ListenError as exc:
-                if new_http is not self.http and new_http is not None:
-                    new_http.close()
-                logger.error("reload failed; keeping the running configuration",
-                             extra=gwlog.fields(error=str(exc)))
-                sysd.notify("READY=1")
-                return
-            old_listener, self.listener = self.listener, new_listener
-            self._listener_gen += 1
-        if new_http is not self.http:
+        try:
+            if new.metrics_addr != old.metrics_addr:
+                plan.http = self._open_metrics(new.metrics_addr)
+                plan.http_changed = True
+            if new.listen_addr != old.listen_addr:
+                plan.listener = listeners.bind(new.listen_addr)
+        except BaseException:
+            plan.discard()
+            raise
+        return plan
+
+    def _apply_reload(self, plan: "_ReloadPlan") -> None:
+        new, old = plan.config, self.config
+        if plan.http_changed:
             if self.http is not None:
                 self.http.close()
-            self.http = new_http
+            self.http = plan.http
+        if plan.listener is not None:
+            # the old listener is closed before forking, or the new workers would inherit
+            # it and keep the old port open; retiring workers close their own copies
+            old_listener, self.listener = self.listener, plan.listener
+            self._listener_gen += 1
+            assert old_listener is not None
+            old_listener.close()
         self.reloads += 1
         old_addresses = [e.endpoint.address for e in self.table.roster()]
-        if endpoints is not None:
-            self.table.publish(endpoints, ROUND_ROBIN)
+        if plan.endpoints is not None:
+            self.table.publish(plan.endpoints, ROUND_ROBIN)
         self.config = new
         self.checker.configure(_check_policy(new))
         if new.workers != old.workers:
@@ -402,19 +435,14 @@ class Arbiter:
         if (new.log_level, new.log_format, new.log_file) != (
                 old.log_level, old.log_format, old.log_file):
             gwlog.setup(new.log_level, new.log_format, new.log_file)
-        if old_listener is not None:
-            # closed before forking, or the new workers would inherit it and keep the
-            # old port open; the retiring workers hold (and then close) their own copies
-            old_listener.close()
-        self.manage_workers()
         logger.info("reloaded", extra=gwlog.fields(
             changed=_changed_options(old, new),
             endpoints=[e.endpoint.address for e in self.table.roster()],
             previous_endpoints=old_addresses))
+        self.manage_workers()
         if new.discovery_srv:
             self._start_srv_refresh()
         self._schedule_srv_refresh()
-        sysd.notify("READY=1")
 
     # -- SRV refresh -------------------------------------------------------------------
     def _schedule_srv_refresh(self) -> None:
@@ -427,9 +455,9 @@ class Arbiter:
 
     def _srv_tick(self) -> None:
         self._srv_timer = None
+        self._schedule_srv_refresh()  # first: whatever happens below, the next one comes
         if self._srv_refresh is None or not self._srv_refresh.running:
             self._start_srv_refresh()  # a slow refresh is left to finish, not restarted
-        self._schedule_srv_refresh()
 
     def _start_srv_refresh(self) -> None:
         """Start a refresh; one still running is cancelled (after SIGHUP its question
@@ -461,6 +489,24 @@ class Arbiter:
         logger.info("endpoints changed", extra=gwlog.fields(
             endpoints=[ep.address for ep in found.endpoints], previous=before,
             source=f"SRV {self.config.discovery_srv}"))
+
+
+class _ReloadPlan:
+    """What a reload will install, prepared before anything running is touched."""
+
+    def __init__(self, config: gwconfig.Config, endpoints: list | None):
+        self.config = config
+        self.endpoints = endpoints
+        self.listener: socket.socket | None = None
+        self.http: HttpServer | None = None
+        self.http_changed = False
+
+    def discard(self) -> None:
+        """Close what was opened for a plan that will not be applied."""
+        if self.listener is not None:
+            self.listener.close()
+        if self.http is not None:
+            self.http.close()
 
 
 def _check_policy(config: gwconfig.Config) -> CheckPolicy:

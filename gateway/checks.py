@@ -94,6 +94,13 @@ class Checker:
     def start(self) -> None:
         self._timer = self.loop.call_later(TICK, self._tick)
 
+    def close_after_fork(self) -> None:
+        """In a new worker: close the inherited copies of in-flight check sockets
+        (without touching the master's epoll), so the master's close ends them."""
+        for state in self._states.values():
+            if state.inflight is not None:
+                state.inflight.sock.close()
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

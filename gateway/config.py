@@ -52,12 +52,17 @@ def _bool(text: str | bool) -> bool:
     raise ValueError("want true or false")
 
 
+MAX_WORKERS = 64    # half the shared table's worker slots: a reload starts the new
+                    # workers before the old ones leave
+MAX_ENDPOINTS = 64  # the shared table's endpoint slots
+
+
 def _workers(text: str) -> int:
     if not text.strip().isdigit():
         raise ValueError("want a whole number of worker processes")
     value = int(text)
-    if not 1 <= value <= 128:
-        raise ValueError("want 1 to 128")
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"want 1 to {MAX_WORKERS}")
     return value
 
 
@@ -324,6 +329,9 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
     if values["discovery_srv_name"] and not values["discovery_srv"]:
         raise ConfigError(f"option --discovery-srv-name: {values['discovery_srv_name']!r} "
                           "needs --discovery-srv")
+    if len(values["endpoints"]) > MAX_ENDPOINTS:
+        raise ConfigError(f"option --endpoints: {len(values['endpoints'])} endpoints given; "
+                          f"at most {MAX_ENDPOINTS}")
     values["endpoints"] = tuple(values["endpoints"])
     return Config(config_file=config_path, sources=sources, **values)
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from gateway import addresses, srv
 from gateway import log as gwlog
-from gateway.config import Config, ConfigError
+from gateway.config import MAX_ENDPOINTS, Config, ConfigError
 from gateway.health import RFC2782, ROUND_ROBIN, Endpoint
 from gateway.loop import READ, Loop, Timer
 
@@ -71,6 +71,11 @@ def discover_srv(config: Config) -> srv.Discovery:
                                 "--listen-addr: dropped")
         else:
             kept.append(ep)
+    if len(kept) > MAX_ENDPOINTS:
+        kept.sort(key=lambda ep: ep.priority)
+        found.errors.append(f"{len(kept)} members found; using the {MAX_ENDPOINTS} of "
+                            "lowest priority (the most the gateway holds)")
+        kept = kept[:MAX_ENDPOINTS]
     found.endpoints = kept
     return found
 
@@ -78,7 +83,7 @@ def discover_srv(config: Config) -> srv.Discovery:
 def _listen_resolved(config: Config) -> list[addresses.Resolved]:
     try:
         return addresses.resolve(config.listen_addr, passive=True)
-    except OSError:
+    except (OSError, UnicodeError):
         return []
 
 
@@ -90,9 +95,9 @@ def resolve_static(config: Config) -> list[Endpoint]:
     for hp in config.endpoints:
         try:
             found = addresses.resolve(hp)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a DNS label over 63 bytes
             raise ConfigError(f"option --endpoints: cannot resolve {str(hp)!r}: "
-                              f"{getattr(exc, 'strerror', exc)}") from None
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
         if not found:
             raise ConfigError(f"option --endpoints: {str(hp)!r} resolves to no address")
         target = sorted(found, key=lambda r: r.family != socket.AF_INET)[0]
@@ -126,7 +131,11 @@ class SrvRefresh:
         return self._fd >= 0
 
     def start(self) -> None:
-        r, w = os.pipe()
+        try:
+            r, w = os.pipe()
+        except OSError as exc:
+            self.on_done(srv.Discovery([], [f"cannot start the SRV refresh: {exc.strerror}"]))
+            return
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.blocked)
         try:
             pid = os.fork()
@@ -195,6 +204,11 @@ class SrvRefresh:
         if self._timer is not None:
             self._timer.cancel()
         self.on_done(result)
+
+    def close_after_fork(self) -> None:
+        """In a new worker: close the inherited copy of the result pipe."""
+        if self._fd >= 0:
+            os.close(self._fd)
 
     def cancel(self) -> None:
         """Stop waiting (at shutdown); the child is killed, its result ignored."""

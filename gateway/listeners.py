@@ -40,8 +40,9 @@ def bind(addr: HostPort, option: str = "--listen-addr") -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, addr.port, socket.AF_UNSPEC, socket.SOCK_STREAM,
                                    0, socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ListenError(f"option {option}: cannot resolve {addr}: {exc.strerror}") from None
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ListenError(f"option {option}: cannot resolve {addr}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
     family, _, _, _, sockaddr = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
     try:
         return _bind(family, sockaddr, dual_stack=False)

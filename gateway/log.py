@@ -78,16 +78,18 @@ class ConsoleFormatter(logging.Formatter):
 
 
 def setup(level: str = "info", fmt: str = "json", path: str = "") -> None:
-    """(Re)configure the gateway's logger; opens `path` for append, or uses stderr."""
+    """(Re)configure the gateway's logger; opens `path` for append, or uses stderr.
+    The new file is opened before the old handler goes: if it cannot be opened
+    (OSError), logging carries on exactly as before."""
     logger = get()
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
     if path:
         handler: logging.Handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
     logger.addHandler(handler)
     logger.setLevel(_LEVELS.get(level, logging.INFO))
     logger.propagate = False

@@ -120,15 +120,20 @@ class Loop:
     # -- one turn --------------------------------------------------------------------
     def run_once(self, max_wait: float = 1.0) -> None:
         callbacks = self.selector.callbacks
-        for fd, mask in self.selector.poll(self._timeout(max_wait)):
-            callback = callbacks.get(fd)
-            if callback is not None:  # None: unregistered by an earlier callback
-                if mask & _ERROR:
-                    mask |= READ | WRITE
-                try:
-                    callback(fd, mask)
-                except Exception as exc:  # noqa: BLE001 - see on_error
-                    self.on_error(callback, exc)
+        events = self.selector.poll(self._timeout(max_wait))
+        # each event goes to the registration it was reported for: if an earlier
+        # callback in this batch closed that fd and the number was reused by a new
+        # socket (a new dial, a new session), the stale event must not reach it
+        ready = [(fd, mask, callbacks.get(fd)) for fd, mask in events]
+        for fd, mask, callback in ready:
+            if callback is None or callbacks.get(fd) is not callback:
+                continue  # unregistered, or replaced, by an earlier callback
+            if mask & _ERROR:
+                mask |= READ | WRITE
+            try:
+                callback(fd, mask)
+            except Exception as exc:  # noqa: BLE001 - see on_error
+                self.on_error(callback, exc)
         self._run_timers()
 
     # -- signals ---------------------------------------------------------------------
@@ -155,7 +160,10 @@ class Loop:
                 return
             for signum in data:
                 if self._on_signal is not None:
-                    self._on_signal(signum)
+                    try:  # one failing signal must not swallow the ones after it
+                        self._on_signal(signum)
+                    except Exception as exc:  # noqa: BLE001 - see on_error
+                        self.on_error(self._on_signal, exc)
 
     def close(self) -> None:
         """Release the selector and the wake-up pair (also used by a child after fork

@@ -140,8 +140,13 @@ class Worker:
         elif signum == signal.SIGQUIT:
             self.state = STOPPED
         elif signum == signal.SIGUSR1:
-            gwlog.setup(self.settings.log_level, self.settings.log_format,
-                        self.settings.log_file)
+            try:
+                gwlog.setup(self.settings.log_level, self.settings.log_format,
+                            self.settings.log_file)
+            except OSError as exc:
+                logger.error("cannot reopen the log file; still writing to the old one",
+                             extra=gwlog.fields(path=self.settings.log_file,
+                                                error=exc.strerror))
 
     def _tick(self) -> None:
         if os.getppid() != self.master_pid:

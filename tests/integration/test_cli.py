@@ -162,3 +162,8 @@ def test_listen_on_every_interface_with_an_empty_host(gateway_factory):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"any")
             assert s.recv(10) == b"any"
+
+
+def test_an_endpoint_with_an_overlong_dns_label_is_one_line():
+    assert_refused(["--listen-addr", listen(), "--endpoints", "a" * 70 + ".example:2379"],
+                   "--endpoints", "cannot resolve")

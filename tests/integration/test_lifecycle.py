@@ -393,3 +393,27 @@ def test_socket_activation_with_no_socket_on_fd_3_is_one_line(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "fd 3 is not a socket" in result.stderr
+
+
+def test_a_reload_that_fails_midway_closes_what_it_opened_and_changes_nothing(
+        gateway_factory, tmp_path, echoes):
+    a, _ = echoes
+    port, metrics, new_metrics = free_port(), free_port(), free_port()
+    path = tmp_path / "gateway.conf"
+    good = (f"endpoints = {a.addr}\nlisten-addr = 127.0.0.1:{port}\n"
+            f"metrics-addr = 127.0.0.1:{metrics}\n")
+    path.write_text(good)
+    gw = gateway_factory(["-c", str(path)])
+    gw.conf = path
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        # the new metrics address binds, then the new listen address fails
+        reload(gw, f"endpoints = {a.addr}\nlisten-addr = 127.0.0.1:{busy}\n"
+                   f"metrics-addr = 127.0.0.1:{new_metrics}\n",
+               expect="reload failed; keeping the running configuration")
+    assert not accepts(("127.0.0.1", new_metrics))      # closed again, not leaked
+    assert accepts(("127.0.0.1", metrics))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        assert roundtrip(s, b"unchanged") == b"unchanged"
+    reload(gw, good.replace(str(metrics), str(new_metrics)))  # and it can still reload
+    wait_until(lambda: accepts(("127.0.0.1", new_metrics)), 5, "metrics did not move")

@@ -181,3 +181,14 @@ def test_srv_resolvers_are_ip_addresses_with_port_53_by_default():
                                                          "10.0.0.2:53"]
     message = refused("--discovery-srv-resolver=dns.example.com")
     assert "--discovery-srv-resolver" in message and "not an IP address" in message
+
+
+def test_more_endpoints_than_the_table_holds_are_refused():
+    many = ",".join(f"10.0.0.1:{port}" for port in range(3000, 3065))
+    message = refused(f"--endpoints={many}")
+    assert "--endpoints" in message and "65" in message and "at most 64" in message
+
+
+def test_workers_are_capped_so_a_reload_can_replace_them_all():
+    assert load("--workers=64").workers == 64
+    assert "--workers" in refused("--workers=65")

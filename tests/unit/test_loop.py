@@ -47,3 +47,57 @@ def test_error_events_are_reported_as_readable_and_writable():
     assert masks and masks[0] & READ and masks[0] & 4
     loop.close()
     a.close()
+
+
+def test_a_stale_event_for_a_reused_fd_is_not_delivered_to_the_new_registration():
+    loop = Loop()
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    got = []
+    old_fd = a.fileno()
+
+    def first(fd, mask):
+        # close the fd the *second* event is for, and put a new registration on the
+        # same number, as a finishing session and a new dial can within one batch
+        a.recv(10)
+        loop.selector.unregister(old_fd)
+        loop.selector.unregister(victim_fd)
+        loop.selector.register(victim_fd, READ, lambda fd, mask: got.append("new"))
+
+    victim_fd = c.fileno()
+    loop.selector.register(old_fd, READ, first)
+    loop.selector.register(victim_fd, READ, lambda fd, mask: got.append("old"))
+    b.sendall(b"x")
+    d.sendall(b"x")
+    loop.run_once(0.1)
+    assert got == []           # the batch's event for victim_fd belonged to "old"
+    loop.run_once(0.1)
+    assert got == ["new"]      # the next poll reports it afresh, to the new owner
+    loop.close()
+    for s in (a, b, c, d):
+        s.close()
+
+
+def test_a_failing_signal_handler_does_not_swallow_the_next_signal():
+    import os
+    import signal
+    errors, handled = [], []
+    loop = Loop(on_error=lambda cb, exc: errors.append(exc))
+
+    def on_signal(signum):
+        handled.append(signum)
+        if signum == signal.SIGUSR1:
+            raise RuntimeError("reopen failed")
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2)}
+    loop.handle_signals((signal.SIGUSR1, signal.SIGUSR2), on_signal)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        loop.run_once(0.2)
+        assert handled == [signal.SIGUSR1, signal.SIGUSR2]
+        assert len(errors) == 1
+    finally:
+        loop.close()
+        for s, h in old.items():
+            signal.signal(s, h)
