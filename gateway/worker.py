@@ -286,13 +286,12 @@ class Worker:
             dial.next += 1
             ep = entry.endpoint
             try:
-                sock = socket.socket(ep.family, _SOCK_FLAGS)
+                sock = socket.socket(ep.family, _SOCK_FLAGS)  # already non-blocking
             except OSError as exc:
                 if exc.errno in _FD_EXHAUSTED:
                     self._out_of_descriptors(exc)
                 self._reject(dial, f"cannot open a socket: {exc.strerror}")
                 return
-            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             dial.started = time.monotonic()
