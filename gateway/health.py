@@ -25,6 +25,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from gateway.addresses import join_host_port
+
 MAGIC = 0xE7CD6A7E
 MAX_ENDPOINTS = 64
 MAX_WORKERS = 128
@@ -84,7 +86,7 @@ class Endpoint:
 
     @property
     def address(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        return join_host_port(self.ip, self.port)
 
 
 @dataclass(frozen=True)

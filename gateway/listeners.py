@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
-from gateway.addresses import HostPort
+from gateway.addresses import HostPort, join_host_port
 
 BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 SD_LISTEN_FDS_START = 3
@@ -89,4 +89,4 @@ def systemd_listener(environ: dict[str, str] | None = None) -> socket.socket | N
 
 def bound_address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(host, port)

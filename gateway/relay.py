@@ -237,10 +237,6 @@ class Direction:
         self.moved = 0
 
 
-class SessionEnded(Exception):
-    """Raised inside a session's I/O when it must be torn down (the message says why)."""
-
-
 class Session:
     """A client connection relayed to one member, over two socket fds it owns.
     States: relaying (either direction open) -> finished (both done: closed cleanly)

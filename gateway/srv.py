@@ -240,14 +240,6 @@ def _resolve_pairs(resolver: dns.resolver.Resolver, records: Iterable[SrvRecord]
     return pairs, errors
 
 
-def resolve_targets(resolver: dns.resolver.Resolver, records: Iterable[SrvRecord]
-                    ) -> tuple[list[Endpoint], list[str]]:
-    """One Endpoint per record (label `target:port`), targets resolved with `resolver`;
-    one error line per target that could not be resolved."""
-    pairs, errors = _resolve_pairs(resolver, records)
-    return [ep for _, ep in pairs], errors
-
-
 def _wait(sock: socket.socket, write: bool, deadline: float) -> bool:
     remaining = deadline - time.monotonic()
     if remaining <= 0:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from gateway import log as gwlog
+from gateway.addresses import join_host_port
 from gateway import picker
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, G_ACCEPTED, G_REJECTED, GATEWAY, RFC2782,
@@ -58,7 +59,7 @@ class Dial:
     """One client (its fd) waiting for a member: the candidates left and the attempt
     under way."""
     __slots__ = ("client", "peer", "candidates", "next", "sock", "entry", "timer",
-                 "started", "callback")
+                 "started")
 
     def __init__(self, client: int, peer: tuple, candidates: list[RosterEntry]):
         self.client = client
@@ -69,7 +70,6 @@ class Dial:
         self.entry: RosterEntry | None = None
         self.timer: Timer | None = None
         self.started = 0.0
-        self.callback = None
 
 
 class Worker:
@@ -302,8 +302,8 @@ class Worker:
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 dial.sock, dial.entry = sock, entry
                 assert self.loop is not None
-                dial.callback = functools.partial(self._on_dial_ready, dial)
-                self.loop.selector.register(sock.fileno(), WRITE, dial.callback)
+                self.loop.selector.register(sock.fileno(), WRITE,
+                                            functools.partial(self._on_dial_ready, dial))
                 dial.timer = self.loop.call_later(self.settings.dial_timeout,
                                                   functools.partial(self._on_dial_timeout, dial))
                 return
@@ -461,7 +461,6 @@ def _weight(entry: RosterEntry) -> int:
 
 
 def _address(addr: tuple) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(addr[0], addr[1])
 
 
