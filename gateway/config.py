@@ -130,7 +130,6 @@ class Option:
     default: str | Callable[[], str]
     help: str
     origin: str = "etcd"           # "etcd": the original's flag; "new": ours
-    reloadable: bool = True        # applied by SIGHUP without a restart
     repeatable: bool = False       # may be given several times; values are joined
     boolean: bool = False          # `--flag` alone means true
     metavar: str = ""

@@ -14,7 +14,8 @@ CONF_HEADER = """\
 #
 # One `option = value` per line; the keys are the long command-line flag names.
 # Precedence: command line > environment (ETCD_GATEWAY_<OPTION>) > this file > defaults.
-# Every option is listed below, commented out, with its default.
+# Every option is listed below, commented out, with its default; all are applied by
+# SIGHUP (a reload) without a restart.
 # Generated from gateway/config.py by scripts/gen-docs: edit the table, not this file.
 """
 
@@ -24,8 +25,7 @@ def render_conf() -> str:
     for opt in OPTIONS:
         lines = textwrap.wrap(opt.help, 86)
         origin = "as in etcd gateway" if opt.origin == "etcd" else "etcd-gatewayd only"
-        reload_note = "applied on SIGHUP" if opt.reloadable else "needs a restart"
-        lines.append(f"({origin}; {reload_note}; env {opt.env})")
+        lines.append(f"({origin}; env {opt.env})")
         default = opt.default_text() if opt.name != "workers" else "<CPUs available>"
         parts.append("\n".join("# " + line for line in lines)
                      + f"\n# {opt.name} = {default}\n")
@@ -33,14 +33,13 @@ def render_conf() -> str:
 
 
 def render_flag_table() -> str:
-    rows = ["| flag | default | environment | from | reload | meaning |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| flag | default | environment | from | meaning |",
+            "|---|---|---|---|---|"]
     for opt in OPTIONS:
         default = opt.default_text() if opt.name != "workers" else "CPUs available"
         rows.append(
             f"| `--{opt.name}` | `{default}` | `{opt.env}` | "
-            f"{'etcd' if opt.origin == 'etcd' else 'new'} | "
-            f"{'yes' if opt.reloadable else 'restart'} | {opt.help} |")
-    rows.append("| `-c`, `--config` | none | | new | | Config file: one `option = value` "
+            f"{'etcd' if opt.origin == 'etcd' else 'new'} | {opt.help} |")
+    rows.append("| `-c`, `--config` | none | | new | Config file: one `option = value` "
                 "per line, keys are the long flag names. |")
     return "\n".join(rows) + "\n"
