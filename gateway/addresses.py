@@ -8,6 +8,7 @@ reload), so workers connect to pre-resolved socket addresses and never block on 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 
@@ -74,6 +75,11 @@ def _check_ipv6(host: str, whole: str) -> None:
         ipaddress.IPv6Address(host)
     except ValueError:
         raise ValueError(f"bad IPv6 address {host!r} in {whole!r}") from None
+
+
+def connect_error(address: str, err: int) -> str:
+    """A failed connect, worded as the original gateway logs it (Go's net.Dial)."""
+    return f"dial tcp {address}: connect: {os.strerror(err).lower()}"
 
 
 def parse_endpoint(text: str) -> HostPort:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import socket
 import time
 from dataclasses import dataclass
 
 from gateway import log as gwlog
+from gateway.addresses import connect_error
 from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable, RosterEntry
 from gateway.loop import READ, WRITE, Loop, Timer
 
@@ -155,7 +155,7 @@ class Checker:
         state.inflight = check
         err = sock.connect_ex(ep.sockaddr)
         if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-            self._finish(check, f"dial tcp {ep.address}: connect: {_strerror(err)}")
+            self._finish(check, connect_error(ep.address, err))
             return
         check.timer = self.loop.call_later(self.policy.dial_timeout,
                                            functools.partial(self._timeout, check))
@@ -176,7 +176,7 @@ class Checker:
             if check.phase == CONNECTING:
                 err = check.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
-                    self._finish(check, f"dial tcp {ep.address}: connect: {_strerror(err)}")
+                    self._finish(check, connect_error(ep.address, err))
                     return
                 if not check.http:
                     self._finish(check, None)
@@ -275,6 +275,3 @@ def _judge_health(address: str, response: bytes) -> str | None:
         return f"GET http://{address}/health: {body[:80].decode(errors='replace').strip()}"
     return None
 
-
-def _strerror(err: int) -> str:
-    return os.strerror(err).lower()

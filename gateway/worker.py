@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from gateway import log as gwlog
-from gateway.addresses import join_host_port
+from gateway.addresses import connect_error, join_host_port
 from gateway import picker
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, G_ACCEPTED, G_REJECTED, GATEWAY, RFC2782,
@@ -308,7 +308,7 @@ class Worker:
                                                   functools.partial(self._on_dial_timeout, dial))
                 return
             sock.close()
-            self._dial_failed(entry, f"dial tcp {ep.address}: connect: {os.strerror(err).lower()}")
+            self._dial_failed(entry, connect_error(ep.address, err))
         self._reject(dial, "no endpoint could be reached")
 
     def _on_dial_ready(self, dial: Dial, fd: int, mask: int) -> None:
@@ -319,8 +319,7 @@ class Worker:
         if err == 0:
             self._connected(dial, sock, entry, WRITE)
         else:
-            self._attempt_failed(dial, f"dial tcp {entry.endpoint.address}: connect: "
-                                       f"{os.strerror(err).lower()}")
+            self._attempt_failed(dial, connect_error(entry.endpoint.address, err))
 
     def _on_dial_timeout(self, dial: Dial) -> None:
         if dial.sock is not None and dial.entry is not None:
