@@ -329,6 +329,7 @@ class Session:
 
     def _drain(self, d: Direction) -> None:
         chan = d.chan
+        assert chan is not None  # a direction with bytes pending holds its channel
         while d.pending:
             try:
                 d.pending -= chan.drain(d.dst, d.pending)

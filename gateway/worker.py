@@ -459,7 +459,7 @@ def _weight(entry: RosterEntry) -> int:
     return entry.endpoint.weight
 
 
-def _address(addr: tuple) -> str:
-    return join_host_port(addr[0], addr[1])
+def _address(addr: tuple | None) -> str:
+    return join_host_port(addr[0], addr[1]) if addr else "-"
 
 

@@ -20,8 +20,8 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from tests.support.etcd_cluster import EtcdCluster
-from tests.support.gateway_proc import READY_MSG, GatewayProcess
+from tests.support.etcd_cluster import EtcdCluster  # noqa: E402 - needs the path above
+from tests.support.gateway_proc import READY_MSG, GatewayProcess  # noqa: E402
 
 GatewayFactory = Callable[..., GatewayProcess]
 
@@ -65,7 +65,7 @@ def gateway_factory(tmp_path: pathlib.Path) -> Iterator[GatewayFactory]:
         for gw in reversed(created):
             try:
                 gw.stop()
-            except BaseException as exc:  # keep stopping the others
+            except BaseException as exc:  # noqa: BLE001 - keep stopping the others
                 errors.append(exc)
         if errors:
             raise errors[0]

@@ -70,7 +70,7 @@ def bulk(ctx, peer, port):
     d = ctx.durations
     for streams in (1, 8):
         r = None
-        for attempt in range(2):
+        for _attempt in range(2):
             before = tree_stats(peer.root_pid) if peer.root_pid else None
             argv = [ctx.iperf3_bin, "-c", "127.0.0.1", "-p", str(port), "-t", str(d.bulk), "-P", str(streams),
                     "-Z", "-J", "--connect-timeout", "3000"]

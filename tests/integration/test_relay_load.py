@@ -198,8 +198,8 @@ def test_both_legs_have_keepalive(gateway_factory):
             out = subprocess.run(["ss", "-tnpo", "state", "established"], capture_output=True,
                                  text=True, timeout=10, check=True).stdout
             legs = [line for line in out.splitlines() if f"pid={worker}," in line]
-            client_leg = [l for l in legs if f"127.0.0.1:{gw.sockaddr[1]} " in l]
-            member_leg = [l for l in legs if f"{echo.addr} " in l]
+            client_leg = [leg for leg in legs if f"127.0.0.1:{gw.sockaddr[1]} " in leg]
+            member_leg = [leg for leg in legs if f"{echo.addr} " in leg]
             assert client_leg and member_leg, out
             for line in client_leg + member_leg:
                 assert "timer:(keepalive" in line, line
