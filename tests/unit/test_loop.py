@@ -1,5 +1,6 @@
 """The event loop: dispatch, timers, and containment of a failing handler."""
 import socket
+import weakref
 
 from gateway.loop import READ, Loop
 
@@ -30,10 +31,13 @@ def test_a_failing_handler_is_reported_and_the_loop_goes_on():
 
 def test_a_cancelled_timer_lets_go_of_its_callback_at_once():
     loop = Loop()
-    big = bytearray(1 << 20)
-    timer = loop.call_later(60, lambda: big)
+    held = _Held()
+    ref = weakref.ref(held)
+    timer = loop.call_later(60, _returning(held))
+    del held
+    assert ref() is not None, "the pending timer holds its callback"
     timer.cancel()
-    assert timer.callback.__name__ == "_nothing"
+    assert ref() is None, "the cancelled timer, still in the heap, let go of it"
     loop.close()
 
 
@@ -101,3 +105,11 @@ def test_a_failing_signal_handler_does_not_swallow_the_next_signal():
         loop.close()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+class _Held:
+    """Something a timer callback holds (weak-referenceable, unlike a bytearray)."""
+
+
+def _returning(obj: object):
+    return lambda: obj
