@@ -18,7 +18,7 @@ import resource
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway import config as gwconfig
 from gateway import __version__, discovery, listeners, sysd
@@ -56,16 +56,19 @@ class WorkerRecord:
     retiring: bool = False
 
 
-@dataclass
 class Arbiter:
-    config: gwconfig.Config
-    argv: list[str]
-    environ: dict[str, str]
-    state: str = RUNNING
-    workers: dict[int, WorkerRecord] = field(default_factory=dict)
-    exit_status: int = 0
+    """The master. A plain class on purpose: it holds the configuration, the command
+    line and the environment, so its repr() names only safe things (a log line that
+    shows a handler must never carry credentials passed by environment)."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, config: gwconfig.Config, argv: list[str],
+                 environ: dict[str, str]) -> None:
+        self.config = config
+        self.argv = argv
+        self.environ = environ
+        self.state = RUNNING
+        self.workers: dict[int, WorkerRecord] = {}
+        self.exit_status = 0
         self.pid = os.getpid()
         self.loop = Loop(on_error=self._handler_failed)
         self.table = HealthTable()
@@ -89,7 +92,11 @@ class Arbiter:
         if isinstance(exc, FatalError):
             raise exc
         logger.error("event handler failed", exc_info=exc,
-                     extra=gwlog.fields(handler=repr(callback)))
+                     extra=gwlog.fields(handler=gwlog.handler_name(callback)))
+
+    def __repr__(self) -> str:
+        return (f"<Arbiter pid={self.pid} state={self.state} "
+                f"workers={len(self.workers)}>")
 
     # -- start -----------------------------------------------------------------------
     def run(self) -> int:

@@ -6,6 +6,7 @@ everything variable goes into fields (`log.info("activated", extra=fields(addres
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,20 @@ class Throttle:
         self.last = now
         suppressed, self.suppressed = self.suppressed, 0
         return suppressed
+
+
+def handler_name(callback: object) -> str:
+    """A failing callback named for a log line by its qualified name only
+    (`Arbiter._on_signal`, `Checker._ready`), never by repr(): a bound method's repr
+    holds its object's, and the master's holds the configuration and environment."""
+    while isinstance(callback, functools.partial):
+        callback = callback.func
+    func = getattr(callback, "__func__", callback)  # a bound method's function
+    name = getattr(func, "__qualname__", None)
+    if isinstance(name, str):
+        module = getattr(func, "__module__", None)
+        return f"{module}.{name}" if isinstance(module, str) else name
+    return f"{type(callback).__module__}.{type(callback).__qualname__}"
 
 
 def get(name: str = "") -> logging.Logger:

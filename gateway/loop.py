@@ -25,6 +25,8 @@ import socket
 import time
 from typing import Callable, Iterable
 
+from gateway.log import handler_name
+
 
 class Timer:
     __slots__ = ("deadline", "callback", "cancelled")
@@ -196,7 +198,8 @@ def set_interest(selector: Poller, fd: int, old: int, new: int, callback: Callba
 
 def _log_error(callback: object, exc: BaseException) -> None:
     logging.getLogger("etcd-gatewayd.loop").error(
-        "event handler failed", exc_info=exc, extra={"fields": {"handler": repr(callback)}})
+        "event handler failed", exc_info=exc,
+        extra={"fields": {"handler": handler_name(callback)}})
 
 
 def _nothing() -> None:

@@ -126,7 +126,8 @@ class Worker:
         """A bug in an event handler: log it; if it was a session's, close that session
         (its state is unknown), and keep serving every other connection."""
         logger.error("event handler failed", exc_info=exc,
-                     extra=gwlog.fields(worker=self.index, handler=type(callback).__name__))
+                     extra=gwlog.fields(worker=self.index,
+                                        handler=gwlog.handler_name(callback)))
         if isinstance(callback, Session) and callback.client >= 0:
             callback.ended = callback.ended or f"reset: internal error: {exc!r}"
             try:

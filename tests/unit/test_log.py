@@ -25,3 +25,26 @@ def test_a_log_file_that_cannot_be_opened_keeps_the_old_one(tmp_path):
     gwlog.get("t").warning("still logged")
     assert "still logged" in path.read_text()
     assert len(logging.getLogger(gwlog.LOGGER_NAME).handlers) == 1
+
+
+class _Holder:
+    def __init__(self, secret: str):
+        self.secret = secret
+
+    def method(self) -> None:
+        """A handler whose repr() would show the holder's secret."""
+
+    def __repr__(self) -> str:
+        return f"<_Holder {self.secret}>"
+
+
+def test_handler_name_is_the_qualified_name_never_the_repr():
+    import functools
+
+    holder = _Holder("canary-7f3a")
+    for callback in (holder.method, functools.partial(holder.method),
+                     functools.partial(functools.partial(holder.method))):
+        name = gwlog.handler_name(callback)
+        assert name.endswith("_Holder.method")
+        assert "canary" not in name
+    assert gwlog.handler_name(holder).endswith("_Holder")
