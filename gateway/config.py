@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -89,6 +90,46 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+DNS_NAME_MAX = 253   # bytes of a name written without its final dot
+SRV_PREFIX = "_etcd-client-ssl"  # the longer of the two SRV service labels
+SRV_PROTO = "._tcp."
+
+
+def _dns_labels(name: str) -> None:
+    """ValueError unless `name` is dot-separated labels of 1 to 63 letters, digits,
+    hyphens or underscores, none starting or ending with a hyphen."""
+    for label in name.split("."):
+        if not label:
+            raise ValueError("not a DNS name: an empty label (two dots, or a dot first)")
+        if len(label) > 63:
+            raise ValueError(f"not a DNS name: label {label[:20]!r}... is longer than 63 "
+                             "characters")
+        if not _DNS_LABEL.fullmatch(label):
+            raise ValueError(f"not a DNS name: {label!r} is not a label (letters, digits, "
+                             "'-' and '_'; no '-' at either end)")
+
+
+def _dns_domain(text: str) -> str:
+    """A DNS domain (a final dot is allowed), checked as a name before any lookup."""
+    name = text.strip()
+    if not name:
+        return ""
+    bare = name[:-1] if name.endswith(".") else name
+    if len(bare) > DNS_NAME_MAX:
+        raise ValueError(f"not a DNS name: more than {DNS_NAME_MAX} characters")
+    _dns_labels(bare)
+    return name
+
+
+def _srv_service_name(text: str) -> str:
+    """NAME of _etcd-client-ssl-NAME._tcp: what it adds must keep the labels valid."""
+    name = text.strip()
+    if name:
+        _dns_labels(f"{SRV_PREFIX}-{name}")
+    return name
+
+
 def _listen_addr(text: str) -> addresses.HostPort:
     return addresses.parse_listen_addr(text)
 
@@ -154,10 +195,10 @@ OPTIONS: tuple[Option, ...] = (
            "etcd members to relay to: comma-separated, repeatable; host[:port], port "
            "2379 when omitted; IPv6 as [::1]:2379. No scheme: TLS passes through.",
            repeatable=True, metavar="HOST:PORT,..."),
-    Option("discovery-srv", _text, "",
+    Option("discovery-srv", _dns_domain, "",
            "DNS domain whose SRV records list the members (replaces --endpoints).",
            metavar="DOMAIN"),
-    Option("discovery-srv-name", _text, "",
+    Option("discovery-srv-name", _srv_service_name, "",
            "Suffix of the SRV names: _etcd-client-ssl-NAME._tcp.DOMAIN.", metavar="NAME"),
     Option("insecure-discovery", _bool, "false",
            "Accept SRV records for plain-text members (_etcd-client._tcp).", boolean=True),
@@ -328,11 +369,24 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
     if values["discovery_srv_name"] and not values["discovery_srv"]:
         raise ConfigError(f"option --discovery-srv-name: {values['discovery_srv_name']!r} "
                           "needs --discovery-srv")
+    _check_srv_name_length(values["discovery_srv"], values["discovery_srv_name"])
     if len(values["endpoints"]) > MAX_ENDPOINTS:
         raise ConfigError(f"option --endpoints: {len(values['endpoints'])} endpoints given; "
                           f"at most {MAX_ENDPOINTS}")
     values["endpoints"] = tuple(values["endpoints"])
     return Config(config_file=config_path, sources=sources, **values)
+
+
+def _check_srv_name_length(domain: str, name: str) -> None:
+    """The longest SRV name queried must still be a DNS name (at most 253 characters)."""
+    if not domain:
+        return
+    full = f"{SRV_PREFIX}{'-' + name if name else ''}{SRV_PROTO}{domain.rstrip('.')}"
+    if len(full) > DNS_NAME_MAX:
+        option, value = ("discovery-srv-name", name) if name else ("discovery-srv", domain)
+        raise ConfigError(f"option --{option}: invalid value {value!r}: the SRV name "
+                          f"{full[:40]}... would be {len(full)} characters; a DNS name has "
+                          f"at most {DNS_NAME_MAX}")
 
 
 def _config_path(argv: list[str], environ: dict[str, str]) -> str | None:

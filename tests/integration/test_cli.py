@@ -167,3 +167,22 @@ def test_listen_on_every_interface_with_an_empty_host(gateway_factory):
 def test_an_endpoint_with_an_overlong_dns_label_is_one_line():
     assert_refused(["--listen-addr", listen(), "--endpoints", "a" * 70 + ".example:2379"],
                    "--endpoints", "cannot resolve")
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--discovery-srv=-1"], "--discovery-srv"),
+    (["--discovery-srv=bad..name"], "--discovery-srv"),
+    (["--discovery-srv=example.com", "--discovery-srv-name=no spaces"],
+     "--discovery-srv-name"),
+])
+def test_srv_names_that_are_not_dns_names_are_refused_before_any_lookup(args, option):
+    # the only DNS server the gateway may ask is this socket: it must see no query
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as resolver:
+        resolver.bind(("127.0.0.1", 0))
+        resolver.setblocking(False)
+        port = resolver.getsockname()[1]
+        line = assert_refused([*args, f"--discovery-srv-resolver=127.0.0.1:{port}",
+                               "--listen-addr", listen()], option, "invalid value")
+        with pytest.raises(BlockingIOError):
+            resolver.recvfrom(512)
+    assert "DNS" in line

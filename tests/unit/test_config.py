@@ -192,3 +192,29 @@ def test_more_endpoints_than_the_table_holds_are_refused():
 def test_workers_are_capped_so_a_reload_can_replace_them_all():
     assert load("--workers=64").workers == 64
     assert "--workers" in refused("--workers=65")
+
+
+@pytest.mark.parametrize("value", ["-1", "a..b", ".example.com", "exa mple.com",
+                                   "example.com-", "x" * 64 + ".com", "é.example",
+                                   ("a" * 60 + ".") * 5 + "com"])
+def test_discovery_srv_that_is_not_a_dns_name_is_refused(value):
+    assert refused(f"--discovery-srv={value}").startswith("option --discovery-srv: invalid value")
+
+
+@pytest.mark.parametrize("value", ["example.com", "example.com.", "etcd_1.internal",
+                                   "1.example", "a-b.c"])
+def test_discovery_srv_that_is_a_dns_name_is_kept(value):
+    assert load(f"--discovery-srv={value}").discovery_srv == value
+
+
+@pytest.mark.parametrize("value", ["a.b-", "a b", "x" * 47, "a..b"])
+def test_discovery_srv_name_that_cannot_form_an_srv_name_is_refused(value):
+    message = refused("--discovery-srv=example.com", f"--discovery-srv-name={value}")
+    assert message.startswith("option --discovery-srv-name: invalid value")
+
+
+def test_discovery_srv_name_that_makes_the_srv_name_too_long_is_refused():
+    domain = ".".join(["a" * 60] * 3) + ".com"     # 187 characters: valid alone
+    assert load(f"--discovery-srv={domain}").discovery_srv == domain
+    message = refused(f"--discovery-srv={domain}", "--discovery-srv-name=" + "n" * 46)
+    assert "--discovery-srv-name" in message and "253" in message
