@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass
 
@@ -98,11 +99,12 @@ def parse_endpoint(text: str) -> HostPort:
 
 
 def parse_endpoint_list(values: list[str]) -> list[HostPort]:
-    """Comma-separated, repeatable; duplicates removed, order kept."""
+    """Separated by commas or white space (`"a:1 b:2"` from a shell variable), repeatable;
+    duplicates removed, order kept."""
     seen: dict[HostPort, None] = {}
     for value in values:
-        for item in value.split(","):
-            if item.strip():
+        for item in re.split(r"[,\s]+", value):
+            if item:
                 seen.setdefault(parse_endpoint(item), None)
     return list(seen)
 

@@ -401,10 +401,10 @@ class Arbiter:
     def _prepare_reload(self) -> "_ReloadPlan":
         """Parse, resolve, and bind what changed; raise (having closed whatever it
         opened) if anything is wrong. Changes nothing the running gateway uses."""
-        new = gwconfig.load(self.argv, self.environ)
+        new = gwconfig.load(self.argv, self.environ, earlier=self.config.config_text)
         # SRV answers arrive later, from a refresh child; static ones are resolved now
         endpoints = None if new.discovery_srv else discovery.resolve_static(new)
-        _check_log_file(new.log_file)
+        gwconfig.check_log_file(new.log_file)
         plan = _ReloadPlan(new, endpoints)
         old = self.config
         try:
@@ -520,17 +520,6 @@ def _check_policy(config: gwconfig.Config) -> CheckPolicy:
     return CheckPolicy(mode=config.health_check, interval=config.health_check_interval,
                        fall=config.health_check_fall, rise=config.health_check_rise,
                        dial_timeout=config.dial_timeout, retry_delay=config.retry_delay)
-
-
-def _check_log_file(path: str) -> None:
-    if not path:
-        return
-    try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise gwconfig.ConfigError(
-            f"option --log-file: cannot open {path!r}: {exc.strerror}") from None
 
 
 def _changed_options(old: gwconfig.Config, new: gwconfig.Config) -> dict[str, list[str]]:

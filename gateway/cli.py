@@ -7,11 +7,13 @@ that are not bad values (the port is taken, a fork fails) exit 1 with one line.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 from gateway import __version__
 from gateway import config as gwconfig
 from gateway import log as gwlog
+from gateway.addresses import HostPort
 
 PROG = "etcd-gatewayd"
 
@@ -57,10 +59,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_config(config: gwconfig.Config) -> int:
-    """Print the effective configuration and each value's source; bind nothing."""
+    """Every check start makes, short of binding: the log file opens, the listen and
+    metrics addresses resolve, the endpoints resolve (or SRV discovery finds members).
+    Prints the effective configuration and each value's source; exits with the status
+    start would exit with (2 a bad value, 1 nothing usable discovered or an address
+    that does not resolve), 0 when start would get as far as binding."""
     from gateway import discovery
 
     try:
+        gwconfig.check_log_file(config.log_file)
         endpoints = discovery.resolve(config).endpoints
     except gwconfig.ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -68,6 +75,13 @@ def check_config(config: gwconfig.Config) -> int:
     except discovery.DiscoveryError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    for option, addr in (("--listen-addr", config.listen_addr),
+                         ("--metrics-addr", config.metrics_addr)):
+        problem = _unresolvable(addr)
+        if addr is not None and problem:
+            print(f"{PROG}: option {option}: cannot resolve {addr}: {problem}",
+                  file=sys.stderr)
+            return 1
     rows = [(name, config.describe(name), config.sources.get(name, "default"))
             for name in gwconfig.option_names()]
     if config.config_file:
@@ -79,3 +93,15 @@ def check_config(config: gwconfig.Config) -> int:
     print(f"resolved endpoints: {', '.join(ep.address for ep in endpoints)}")
     print("configuration is valid")
     return 0
+
+
+def _unresolvable(addr: HostPort | None) -> str:
+    """Why a listen address would not resolve when start binds it ("" when it does)."""
+    if addr is None or addr.host in ("", "::"):
+        return ""
+    try:
+        socket.getaddrinfo(addr.host, addr.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                           socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return str(getattr(exc, "strerror", None) or exc)
+    return ""

@@ -2,22 +2,26 @@
 
 design: each option is declared once (`OPTIONS`); the command-line parser, the config
 file keys, the `ETCD_GATEWAY_*` environment variables, `conf/gateway.conf`, `--help` and
-the README's flag table all come from it. Precedence is configargparse's: command line >
-environment > config file > defaults. Loading never exits and never logs: every problem
+the README's flag table all come from it. The command line is argparse's; the
+environment and the config file (gateway/configfile.py: read once, strictly) are read
+here. Precedence: command line > environment > config file > defaults; a repeatable
+option takes its value from one source only (all of its file lines, or the
+environment, or its flags). Control characters are refused in every value, from any
+source. Loading never exits and never logs: every problem
 is a `ConfigError` with one line naming the option and the value, so the CLI can exit 2
 and a reload can keep the old config.
 """
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import configargparse
 
-from gateway import addresses
+from gateway import addresses, configfile
 from gateway.durations import format_duration, parse_duration
 
 ENV_PREFIX = "ETCD_GATEWAY_"
@@ -272,6 +276,7 @@ class Config:
     log_format: str
     log_file: str
     config_file: str | None = None
+    config_text: configfile.ConfigText | None = field(default=None, compare=False, repr=False)
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     def describe(self, name: str) -> str:
@@ -288,8 +293,8 @@ class Config:
         return str(value)
 
 
-class _Parser(configargparse.ArgParser):
-    """configargparse that raises instead of exiting, so a reload can survive."""
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so a reload can survive."""
 
     def error(self, message: str):  # type: ignore[override]
         raise ConfigError(message)
@@ -298,17 +303,16 @@ class _Parser(configargparse.ArgParser):
         raise ConfigError(message or f"exit {status}")
 
 
-def build_parser() -> configargparse.ArgParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line only: the environment and the config file are read by `load`."""
     parser = _Parser(
         prog="etcd-gatewayd",
         description="A pre-fork, zero-copy TCP gateway in front of an etcd cluster.",
-        args_for_setting_config_path=["-c", "--config"],
-        config_arg_help_message="Config file: one `option = value` per line (long flag names).",
-        auto_env_var_prefix=ENV_PREFIX,
-        ignore_unknown_config_file_keys=False,
         epilog="Precedence: command line > ETCD_GATEWAY_* environment > config file > "
                "defaults. Durations use Go's syntax (500ms, 5s, 1m0s).",
     )
+    parser.add_argument("-c", "--config", action="append", metavar="FILE",
+                        help=CONFIG_HELP)
     for opt in OPTIONS:
         help_text = f"{opt.help} [default: {opt.default_text() or 'none'}; env {opt.env}]"
         kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%"), "dest": opt.dest}
@@ -321,12 +325,16 @@ def build_parser() -> configargparse.ArgParser:
         else:
             kwargs["default"] = None
         parser.add_argument("--" + opt.name, **kwargs)
-    parser.add_argument("--check-config", action="store_true", env_var=None,
-                        help="Validate the configuration, print each effective value and "
-                             "where it came from, and exit (0 valid, 2 invalid).")
-    parser.add_argument("--version", action="store_true", env_var=None,
-                        help="Print the version and exit.")
+    parser.add_argument("--check-config", action="store_true",
+                        help="Validate the configuration as start would (short of binding), "
+                             "print each effective value and where it came from, and exit "
+                             "(0 valid; otherwise the status start would exit with).")
+    parser.add_argument("--version", action="store_true", help="Print the version and exit.")
     return parser
+
+
+CONFIG_HELP = ("Config file: one `option = value` per line, keys are the long flag names; "
+               "a file, a pipe or /dev/fd/N, read once (at most 1 MiB); one -c at most.")
 
 
 def strip_start_word(argv: list[str]) -> list[str]:
@@ -336,32 +344,39 @@ def strip_start_word(argv: list[str]) -> list[str]:
     return argv
 
 
-def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
-    """Parse and validate; raise ConfigError (one line) on any problem."""
+def load(argv: list[str], environ: dict[str, str] | None = None,
+         earlier: configfile.ConfigText | None = None) -> Config:
+    """Parse and validate; raise ConfigError (one line) on any problem. `earlier` is
+    the config file as read at start: a pipe cannot be read again, so a reload of a
+    configuration read from a pipe reuses those bytes."""
     environ = dict(os.environ if environ is None else environ)
     argv = strip_start_word(list(argv))
-    parser = build_parser()
-    config_path = _config_path(argv, environ)
-    if config_path is not None:
-        _check_config_file(config_path)
-    try:
-        ns, extra = parser.parse_known_args(args=argv, env_vars=environ)
-    except ConfigError:
-        raise
-    except OSError as exc:  # configargparse opens the file itself
-        raise ConfigError(f"config file: {exc}") from None
+    ns, extra = build_parser().parse_known_args(argv)
     if extra:
         raise ConfigError(f"unknown argument {extra[0]!r}")
-    sources = _sources(parser)
+    text = _read_config_file(ns.config, earlier)
+    try:
+        in_file = configfile.parse(text, set(OPTIONS_BY_NAME),
+                                   {o.name for o in OPTIONS if o.repeatable}) if text else {}
+    except configfile.ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
+    sources: dict[str, str] = {}
     values: dict[str, Any] = {}
     for opt in OPTIONS:
-        raw = getattr(ns, opt.dest)
+        raw, source = _given(opt, ns, environ, in_file, text)
         if raw is None:
             raw = [opt.default_text()] if opt.repeatable else opt.default_text()
+        else:
+            sources[opt.name] = source
+        shown = ",".join(raw) if isinstance(raw, list) else raw
+        bad = _CONTROL.search(shown)
+        if bad is not None:
+            raise ConfigError(f"option --{opt.name}: invalid value {shown!r}: control "
+                              f"character U+{ord(bad.group()):04X} not allowed"
+                              f"{_where(source)}")
         try:
             values[opt.dest] = opt.parse(raw)
         except ValueError as exc:
-            shown = ",".join(raw) if isinstance(raw, list) else raw
             raise ConfigError(f"option --{opt.name}: invalid value {shown!r}: {exc}"
                               f"{_where(sources.get(opt.name))}") from None
     if not values["endpoints"] and not values["discovery_srv"]:
@@ -374,7 +389,8 @@ def load(argv: list[str], environ: dict[str, str] | None = None) -> Config:
         raise ConfigError(f"option --endpoints: {len(values['endpoints'])} endpoints given; "
                           f"at most {MAX_ENDPOINTS}")
     values["endpoints"] = tuple(values["endpoints"])
-    return Config(config_file=config_path, sources=sources, **values)
+    return Config(config_file=text.path if text else None, config_text=text,
+                  sources=sources, **values)
 
 
 def _check_srv_name_length(domain: str, name: str) -> None:
@@ -389,52 +405,58 @@ def _check_srv_name_length(domain: str, name: str) -> None:
                           f"at most {DNS_NAME_MAX}")
 
 
-def _config_path(argv: list[str], environ: dict[str, str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "--config") and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg.startswith("-c") and len(arg) > 2:
-            return arg[2:]
-    return None
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _check_config_file(path: str) -> None:
-    """Readable, and every key is a known option (configargparse's own message for an
-    unknown key names neither the file nor the key as written)."""
+def _read_config_file(paths: list[str] | None, earlier: configfile.ConfigText | None
+                      ) -> configfile.ConfigText | None:
+    """The one config file, read once (or reused, for a pipe read at start)."""
+    if not paths:
+        return None
+    if len(paths) > 1:
+        raise ConfigError(f"option --config: given {len(paths)} times "
+                          f"({', '.join(repr(p) for p in paths)}); give one file")
+    path = paths[0]
+    if earlier is not None and earlier.path == path and not earlier.rereadable:
+        return earlier
     try:
-        with open(path, encoding="utf-8") as stream:
-            items = configargparse.DefaultConfigFileParser().parse(stream)
+        return configfile.read(path)
+    except configfile.ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _given(opt: Option, ns: argparse.Namespace, environ: dict[str, str],
+           in_file: dict[str, list[configfile.Setting]],
+           text: configfile.ConfigText | None) -> tuple[Any, str]:
+    """(raw value, where it came from) by precedence: flag, environment, file; (None,
+    "") when the option was not given. A repeatable option takes all of its file lines."""
+    flag = getattr(ns, opt.dest)
+    if flag is not None:
+        return flag, "flag"
+    if opt.env in environ:
+        value = environ[opt.env]
+        return ([value] if opt.repeatable else value), f"environment ({opt.env})"
+    settings = in_file.get(opt.name)
+    if settings and text is not None:
+        lines = ", ".join(str(s.line) for s in settings)
+        where = f"file ({text.path} line{'s' if len(settings) > 1 else ''} {lines})"
+        if opt.repeatable:
+            return [s.value for s in settings], where
+        return settings[0].value, where
+    return None, ""
+
+
+def check_log_file(path: str) -> None:
+    """`--log-file` can be opened for appending, as start and reload open it (it is
+    created if missing, as they would); ConfigError otherwise. Empty = stderr."""
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
     except OSError as exc:
-        raise ConfigError(f"option --config: cannot read {path!r}: {exc.strerror}") from None
-    except (configargparse.ConfigFileParserException, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path!r}: {exc}") from None
-    for key in items:
-        if key not in OPTIONS_BY_NAME:
-            raise ConfigError(f"config file {path!r}: unknown key {key!r} "
-                              "(keys are the long option names, e.g. listen-addr)")
-
-
-def _sources(parser: configargparse.ArgParser) -> dict[str, str]:
-    """{option name: 'flag' | 'environment (VAR)' | 'file (PATH)'}; absent = default."""
-    out: dict[str, str] = {}
-    for source, settings in parser.get_source_to_settings_dict().items():
-        if source == "command_line":
-            args = settings.get("", (None, []))[1]
-            for arg in args:
-                if arg.startswith("--"):
-                    name = arg[2:].split("=", 1)[0]
-                    if name in OPTIONS_BY_NAME:
-                        out[name] = "flag"
-        elif source == "environment_variables":
-            for var, (action, _) in settings.items():
-                out[action.option_strings[0][2:]] = f"environment ({var})"
-        elif source.startswith("config_file|"):
-            path = source.split("|", 1)[1]
-            for key in settings:
-                out.setdefault(key, f"file ({path})")
-    return out
+        raise ConfigError(
+            f"option --log-file: cannot open {path!r}: {exc.strerror}") from None
 
 
 def _where(source: str | None) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import textwrap
 
-from gateway.config import OPTIONS
+from gateway.config import CONFIG_HELP, OPTIONS
 
 CONF_HEADER = """\
 # etcd-gatewayd configuration file.
@@ -40,6 +40,5 @@ def render_flag_table() -> str:
         rows.append(
             f"| `--{opt.name}` | `{default}` | `{opt.env}` | "
             f"{'etcd' if opt.origin == 'etcd' else 'new'} | {opt.help} |")
-    rows.append("| `-c`, `--config` | none | | new | Config file: one `option = value` "
-                "per line, keys are the long flag names. |")
+    rows.append(f"| `-c`, `--config` | none | | new | {CONFIG_HELP} |")
     return "\n".join(rows) + "\n"
