@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from gateway import config as gwconfig
 from gateway import __version__, discovery, listeners, sysd
 from gateway import log as gwlog
-from gateway.health import RFC2782, ROUND_ROBIN, HealthTable
+from gateway.health import LOAD_REFRESH, RFC2782, ROUND_ROBIN, Balance, HealthTable
 from gateway.httpd import HttpServer, bind_http
 from gateway.loop import Loop, Timer
 from gateway.metrics import GatewayInfo, MetricsApp
@@ -110,6 +110,8 @@ class Arbiter:
         self.listener = self._open_listener()
         self.http = self._open_metrics(self.config.metrics_addr)
         self.table.publish(endpoints, roster.policy)
+        self._set_load_policy(self.config)
+        self._refresh_load()
         self.loop.handle_signals(HANDLED, self._on_signal)
         self.manage_workers()
         logger.info("ready to proxy client requests", extra=gwlog.fields(
@@ -176,6 +178,15 @@ class Arbiter:
         return GatewayInfo(workers={r.index: pid for pid, r in self.workers.items()},
                            desired_workers=self.desired_workers, reloads_total=self.reloads,
                            cpu_offsets=dict(self.cpu_offsets), version=__version__)
+
+    def _set_load_policy(self, config: gwconfig.Config) -> None:
+        self.table.set_load_policy(config.max_connections, _BALANCES[config.balance])
+
+    def _refresh_load(self) -> None:
+        """The load aggregates the workers read per accept (health.py), every
+        LOAD_REFRESH, for the master's whole life."""
+        self.table.refresh_load()
+        self.loop.call_later(LOAD_REFRESH, self._refresh_load)
 
     def _worker_settings(self) -> WorkerSettings:
         c = self.config
@@ -436,6 +447,7 @@ class Arbiter:
         if plan.endpoints is not None:
             self.table.publish(plan.endpoints, ROUND_ROBIN)
         self.config = new
+        self._set_load_policy(new)
         self.checker.configure(_check_policy(new))
         if new.workers != old.workers:
             self.desired_workers = new.workers
@@ -514,6 +526,10 @@ class _ReloadPlan:
             self.listener.close()
         if self.http is not None:
             self.http.close()
+
+
+_BALANCES = {"round-robin": Balance.ROUND_ROBIN,
+             "least-connections": Balance.LEAST_CONNECTIONS}
 
 
 def _check_policy(config: gwconfig.Config) -> CheckPolicy:

@@ -77,6 +77,16 @@ def _count(text: str) -> int:
     return int(text)
 
 
+MAX_CONNECTIONS_LIMIT = 1 << 31
+
+
+def _max_connections(text: str) -> int:
+    if not text.strip().isdigit() or int(text) >= MAX_CONNECTIONS_LIMIT:
+        raise ValueError(f"want a whole number of connections below {MAX_CONNECTIONS_LIMIT} "
+                         "(0: no limit)")
+    return int(text)
+
+
 def _optional_listen_addr(text: str) -> addresses.HostPort | None:
     return addresses.parse_listen_addr(text) if text.strip() else None
 
@@ -238,6 +248,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("health-check-rise", _count, "2",
            "Consecutive good checks that readmit a member (after its retry delay).",
            origin="new", metavar="N"),
+    Option("max-connections", _max_connections, "0",
+           "Client connections held across all workers (dialling or relayed) beyond "
+           "which the gateway stops accepting and lets the kernel's backlog hold new "
+           "clients until connections close (HAProxy's maxconn; 0: no limit).",
+           origin="new", metavar="N"),
+    Option("balance", _choice("round-robin", "least-connections"), "round-robin",
+           "How new clients are spread over the healthy members: round-robin, or "
+           "least-connections (the fewest relayed connections across all workers, "
+           "round robin among ties; with SRV, inside the RFC 2782 priority class, "
+           "relative to weight).", origin="new", metavar="POLICY"),
     Option("metrics-addr", _optional_listen_addr, "",
            "Serve /metrics (Prometheus), /health and /endpoints over HTTP here "
            "(default: off).", origin="new", metavar="HOST:PORT"),
@@ -271,6 +291,8 @@ class Config:
     health_check_interval: float
     health_check_fall: int
     health_check_rise: int
+    max_connections: int
+    balance: str
     metrics_addr: addresses.HostPort | None
     log_level: str
     log_format: str

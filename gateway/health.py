@@ -12,14 +12,29 @@ writer or tolerates racing writers that write the same kind of value:
   probe; racing writers both write "now", and readmission is compare-and-clear;
 - counters live in a [worker slot][endpoint slot] matrix: each worker writes only its
   own row, so a counter is never written by two processes; the master folds a dead
-  worker's row into a `retired` row before the slot is reused, so totals never go back.
+  worker's row into a `retired` row before the slot is reused, so totals never go back;
+- load aggregates (see `refresh_load`): least-connections and --max-connections need
+  the relayed connections of every worker, but a sum over the matrix per accept would
+  cost O(workers x members). So the master, on a short timer (LOAD_REFRESH), sums the
+  live workers' `C_ACTIVE` cells per endpoint and their `G_OPEN` cells into one
+  aggregate row, and records beside it, per worker, the exact values it summed for
+  that worker ("seen"), all under a seqlock. A worker's estimate of a count is then
+  `aggregate - seen[own row] + own cell now`: exact for its own connections (its own
+  bursts are visible at once), and behind for other workers' by at most what they
+  opened or closed since the master's last refresh (one LOAD_REFRESH period, plus the
+  master's scheduling delay). Reading it costs O(members) per accept (O(1) for the
+  gateway-wide count), and the master's refresh O(workers x members) per period,
+  with slices, not a Python loop per cell. The limit and the balance policy sit in the
+  header, so a reload changes them without replacing workers.
 
 An endpoint keeps its slot for as long as it is in the roster, so health marks and
 counters of endpoints that survive a reload are kept by construction.
 """
 from __future__ import annotations
 
+import array
 import bisect
+import enum
 import mmap
 import struct
 import time
@@ -41,6 +56,15 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 ROUND_ROBIN, RFC2782 = 0, 1  # how workers choose among the roster
 _F64 = struct.Struct("<d")
+_MAX_CONNECTIONS_OFF = 32  # u64: --max-connections (0: no limit), written by the master
+_BALANCE_OFF = 40          # u32: a Balance, written by the master
+LOAD_REFRESH = 0.05        # seconds between the master's load aggregate refreshes
+
+
+class Balance(enum.IntEnum):
+    """How a worker orders the healthy members (inside the RFC 2782 class with SRV)."""
+    ROUND_ROBIN = 0
+    LEAST_CONNECTIONS = 1
 
 # endpoint slot: static part (master, under the seqlock), then dynamic health fields
 # (a label holds a whole DNS name, 253 bytes at most, and ":port")
@@ -65,9 +89,13 @@ C_DIAL_BUCKET0 = 8  # non-cumulative counts of dials that took <= DIAL_BUCKETS[i
 DIAL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 2.5, 5.0)
 GATEWAY = MAX_ENDPOINTS  # the column of gateway-wide counters
-G_ACCEPTED, G_REJECTED = range(2)
+# G_OPEN is a gauge (clients a worker holds now: dialling or relayed); G_LIMITED counts
+# the times a worker stopped accepting because --max-connections was reached
+G_ACCEPTED, G_REJECTED, G_OPEN, G_LIMITED = range(4)
 _COLUMN_SIZE = N_COUNTERS * 8
 _ROW_SIZE = (MAX_ENDPOINTS + 1) * _COLUMN_SIZE
+_LOAD_ROW = MAX_ENDPOINTS + 1  # u64 cells per load row: endpoints, then gateway open
+_LOAD_ROW_SIZE = _LOAD_ROW * 8
 
 
 @dataclass(frozen=True)
@@ -107,8 +135,15 @@ class HealthTable:
         # rows 0..max_workers-1: workers; max_workers: retired totals; then the master's
         self.retired_row = max_workers
         self.master_row = max_workers + 1
-        size = self._ctr_base + (max_workers + 2) * _ROW_SIZE
+        # load aggregates: a seqlock word (own cache line), the aggregate row, then one
+        # "seen" row per worker slot; a row is one u64 per endpoint slot, then the
+        # gateway-wide open count
+        self._load_base = self._ctr_base + (max_workers + 2) * _ROW_SIZE
+        self._agg_base = self._load_base + 64
+        self._seen_base = self._agg_base + _LOAD_ROW_SIZE
+        size = self._seen_base + max_workers * _LOAD_ROW_SIZE
         self.buf = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self._words = memoryview(self.buf).cast("Q")  # the same bytes as u64 cells
         _HEADER.pack_into(self.buf, 0, MAGIC, 1, 0, 0)
         self._cursor = 0  # master-private: where the next free-slot search starts
 
@@ -269,8 +304,8 @@ class HealthTable:
         retired = self._row_off(self.retired_row)
         for column in [*range(self.max_endpoints), GATEWAY]:
             for c in range(N_COUNTERS):
-                if c == C_ACTIVE and column != GATEWAY:
-                    continue
+                if c == (G_OPEN if column == GATEWAY else C_ACTIVE):
+                    continue  # a gauge
                 off = column * _COLUMN_SIZE + c * 8
                 value = _U64.unpack_from(self.buf, row + off)[0]
                 if value:
@@ -278,6 +313,9 @@ class HealthTable:
                     _U64.pack_into(self.buf, retired + off, total + value)
         self.buf[row:row + _ROW_SIZE] = bytes(_ROW_SIZE)
         _WK.pack_into(self.buf, self._wk_off(index), 0, 0, 0.0)
+        seen = self._seen_base + index * _LOAD_ROW_SIZE  # read by no one until reused
+        self.buf[seen:seen + _LOAD_ROW_SIZE] = bytes(_LOAD_ROW_SIZE)
+        self.refresh_load()  # the dead worker's connections leave the aggregates now
 
     def live_workers(self) -> dict[int, int]:
         """{worker slot: pid} of every slot in use."""
@@ -302,6 +340,10 @@ class HealthTable:
         never goes below zero, even if its slot was recycled under an open session."""
         buf = self.buf
         _U64.pack_into(buf, offset, max(0, _U64.unpack_from(buf, offset)[0] + delta))
+
+    def set_at(self, offset: int, value: int) -> None:
+        """Set a gauge cell the calling worker owns to an absolute value."""
+        _U64.pack_into(self.buf, offset, value)
 
     def total_rows(self) -> list[int]:
         """The rows a total adds up: live workers, the retired totals, the master. A
@@ -337,3 +379,71 @@ class HealthTable:
             buckets.append((bound, cumulative))
         return (buckets, self.counter(slot, C_DIAL_MICROS, rows=rows) / 1e6,
                 self.counter(slot, C_DIAL_COUNT, rows=rows))
+
+
+    # -- load aggregates (design: see the module comment) ---------------------------
+    @property
+    def max_connections(self) -> int:
+        """--max-connections across all workers; 0: no limit."""
+        return _U64.unpack_from(self.buf, _MAX_CONNECTIONS_OFF)[0]
+
+    @property
+    def balance(self) -> Balance:
+        return Balance(_U32.unpack_from(self.buf, _BALANCE_OFF)[0])
+
+    def set_load_policy(self, max_connections: int, balance: Balance) -> None:
+        """Master: the limit and the balance policy every worker applies from now on."""
+        _U64.pack_into(self.buf, _MAX_CONNECTIONS_OFF, max_connections)
+        _U32.pack_into(self.buf, _BALANCE_OFF, int(balance))
+
+    def refresh_load(self) -> None:
+        """Master, every LOAD_REFRESH: sum the live workers' gauges into the aggregate
+        row, and record per worker what was summed for it."""
+        words = self._words
+        seq_at = self._load_base // 8
+        agg_at = self._agg_base // 8
+        totals = [0] * _LOAD_ROW
+        rows: list[tuple[int, array.array]] = []
+        for index in self.live_workers():
+            row = self._row_off(index) // 8
+            cells = array.array("Q", words[row + C_ACTIVE:row + MAX_ENDPOINTS * N_COUNTERS:
+                                           N_COUNTERS])
+            cells.append(words[row + GATEWAY * N_COUNTERS + G_OPEN])
+            rows.append((index, cells))
+            totals = [a + b for a, b in zip(totals, cells)]
+        seq = words[seq_at]  # even: the master is the only writer
+        words[seq_at] = seq + 1  # odd: readers retry
+        words[agg_at:agg_at + _LOAD_ROW] = array.array("Q", totals)
+        for index, cells in rows:
+            at = self._seen_base // 8 + index * _LOAD_ROW
+            words[at:at + _LOAD_ROW] = cells
+        words[seq_at] = seq + 2
+
+    def _others(self, worker: int, cells: list[int]) -> list[int]:
+        """aggregate - seen[worker] for `cells` (load-row indexes): what the other
+        workers held at the master's last refresh. A consistent read (seqlock)."""
+        words = self._words
+        seq_at = self._load_base // 8
+        agg_at = self._agg_base // 8
+        seen_at = self._seen_base // 8 + worker * _LOAD_ROW
+        for _ in range(1000):
+            seq = words[seq_at]
+            if not seq & 1:
+                out = [words[agg_at + c] - words[seen_at + c] for c in cells]
+                if words[seq_at] == seq:
+                    return out
+        return [0] * len(cells)  # the master is stuck mid-write: count only our own
+
+    def open_connections(self, worker: int, own: int) -> int:
+        """Clients held across all workers, as `worker` sees it, `own` being its own
+        count now. O(1)."""
+        return max(0, self._others(worker, [MAX_ENDPOINTS])[0]) + own
+
+    def relayed_per_endpoint(self, worker: int, slots: list[int]) -> list[int]:
+        """Connections relayed to each endpoint slot across all workers, as `worker`
+        sees them (its own cells read now). O(len(slots))."""
+        words = self._words
+        row = self._row_off(worker) // 8
+        others = self._others(worker, slots)
+        return [max(0, other) + words[row + slot * N_COUNTERS + C_ACTIVE]
+                for other, slot in zip(others, slots)]

@@ -22,7 +22,8 @@ import psutil
 from gateway import log as gwlog
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, G_ACCEPTED,
-                            G_REJECTED, GATEWAY, HealthTable, RosterEntry)
+                            G_LIMITED, G_OPEN, G_REJECTED, GATEWAY, HealthTable,
+                            RosterEntry)
 from gateway.httpd import Response
 
 logger = gwlog.get("metrics")
@@ -179,6 +180,16 @@ class MetricsApp:
         out.family("rejected_connections_total", "counter",
                    "Client connections closed at once (no endpoint up, or overload).")
         out.sample("rejected_connections_total", {}, table.counter(GATEWAY, G_REJECTED, rows=rows))
+        out.family("open_connections", "gauge",
+                   "Client connections held now across all workers (dialling or relayed).")
+        out.sample("open_connections", {}, table.counter(GATEWAY, G_OPEN, rows=rows))
+        out.family("max_connections", "gauge",
+                   "The --max-connections limit (0: no limit).")
+        out.sample("max_connections", {}, table.max_connections)
+        out.family("connection_limit_pauses_total", "counter",
+                   "Times a worker stopped accepting because --max-connections was reached.")
+        out.sample("connection_limit_pauses_total", {},
+                   table.counter(GATEWAY, G_LIMITED, rows=rows))
         out.family("workers", "gauge", "Worker processes alive.")
         out.sample("workers", {}, len(info.workers))
         out.family("desired_workers", "gauge", "Worker processes wanted.")

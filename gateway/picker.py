@@ -10,6 +10,13 @@ service resumes as soon as one is back.
 Static endpoints use plain round robin; endpoints found by DNS SRV use RFC 2782
 (`rfc2782`): the lowest priority class that has a healthy member takes every new
 client, shared inside the class by weight.
+
+With --balance least-connections (`least_connections`), the healthy members are
+ordered by their relayed connections across all workers (an estimate the worker reads
+from the health table in O(members)), divided by their weight, fewest first; ties go
+round robin by the shared counter. With SRV the priority classes keep their order and
+this replaces the weighted draw inside each class; static endpoints are one class of
+equal weights.
 """
 from __future__ import annotations
 
@@ -53,10 +60,7 @@ def rfc2782(entries: Sequence[T], up: Sequence[bool], priority: Callable[[T], in
 def _weighted_order(entries: list[T], weight: Callable[[T], int],
                     rand: Callable[[], float]) -> list[T]:
     """Weighted random order without replacement."""
-    positive = sum(weight(e) for e in entries)
-    zeros = sum(1 for e in entries if weight(e) == 0)
-    zero_weight = (positive * ZERO_WEIGHT_SHARE / zeros) if positive and zeros else 1.0
-    left = [(e, float(weight(e)) or zero_weight) for e in entries]
+    left = list(zip(entries, _effective_weights([weight(e) for e in entries])))
     out: list[T] = []
     while left:
         target = rand() * sum(w for _, w in left)
@@ -68,3 +72,41 @@ def _weighted_order(entries: list[T], weight: Callable[[T], int],
                 del left[i]
                 break
     return out
+
+
+def least_connections(entries: Sequence[T], up: Sequence[bool], load: Sequence[int],
+                      counter: int, priority: Callable[[T], int] = lambda e: 0,
+                      weight: Callable[[T], int] = lambda e: 0) -> list[T]:
+    """Healthy entries by priority class, lowest first; inside a class fewest
+    connections relative to weight first ((load + 1) / weight, HAProxy's leastconn;
+    weight-0 records weigh as in `rfc2782`), ties rotated by `counter`. Then the
+    unhealthy ones in roster order."""
+    classes: dict[int, list[tuple[T, int]]] = {}
+    for entry, ok, count in zip(entries, up, load):
+        if ok:
+            classes.setdefault(priority(entry), []).append((entry, count))
+    ordered: list[T] = []
+    for prio in sorted(classes):
+        members = classes[prio]
+        weights = _effective_weights([weight(e) for e, _ in members])
+        scored = sorted(((count + 1) / w, i)
+                        for i, ((_, count), w) in enumerate(zip(members, weights)))
+        start = 0
+        while start < len(scored):  # each run of equal scores, rotated by `counter`
+            end = start
+            while end < len(scored) and scored[end][0] == scored[start][0]:
+                end += 1
+            run = [members[i][0] for _, i in scored[start:end]]
+            turn = counter % len(run)
+            ordered.extend(run[turn:] + run[:turn])
+            start = end
+    return ordered + [e for e, ok in zip(entries, up) if not ok]
+
+
+def _effective_weights(weights: list[int]) -> list[float]:
+    """Weights as `_weighted_order` uses them: weight-0 records share ZERO_WEIGHT_SHARE
+    of a class whose other records weigh, and are equal when every weight is 0."""
+    positive = sum(weights)
+    zeros = weights.count(0)
+    zero_weight = (positive * ZERO_WEIGHT_SHARE / zeros) if positive and zeros else 1.0
+    return [float(w) or zero_weight for w in weights]

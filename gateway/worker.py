@@ -8,11 +8,22 @@ connect bounded by `dial_timeout`; a failure marks the member down in the shared
 (every worker sees it at once) and the next candidate is tried for the same client.
 Only when all have failed is the client closed (and counted as rejected).
 
+Accepting is a small state machine (`Accepting`): OPEN (every listener registered),
+FULL (--max-connections reached across all workers: listeners unregistered, so new
+clients wait in the kernel's backlog; re-checked every LIMIT_RECHECK and whenever one
+of this worker's clients goes), NO_FDS (EMFILE: resumed after ACCEPT_PAUSE) and CLOSED
+(draining). The count is checked before each accept: the worker's own clients
+(dialling or relayed) exactly, the other workers' as of the master's last load refresh
+(health.py). With --balance least-connections the candidates are ordered by the
+members' relayed connections read the same way, plus this worker's dials in flight.
+
 States: serving -> draining (listener closed, sessions finish, bounded by the
 shutdown timeout) -> stopped. A worker whose master is gone stops within a second.
 """
 from __future__ import annotations
 
+import collections
+import enum
 import errno
 import fcntl
 import functools
@@ -28,19 +39,28 @@ from gateway import log as gwlog
 from gateway.addresses import connect_error, join_host_port
 from gateway import picker
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
-                            C_DIAL_FAILURES, G_ACCEPTED, G_REJECTED, GATEWAY, RFC2782,
-                            HealthTable, RosterEntry)
+                            C_DIAL_FAILURES, G_ACCEPTED, G_LIMITED, G_OPEN, G_REJECTED,
+                            GATEWAY, RFC2782, Balance, HealthTable, RosterEntry)
 from gateway.loop import READ, WRITE, Loop, Timer, set_interest
 from gateway.relay import ChannelPool, Session, close_fd, splice_works
 
 ACCEPT_BATCH = 64
 ACCEPT_PAUSE = 0.25      # seconds without accepting after EMFILE/ENFILE
+LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
 _FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _SOCK_FLAGS = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _ONE = b"\x01\0\0\0"   # FIONBIO argument: non-blocking on
 
 SERVING, DRAINING, STOPPED = "serving", "draining", "stopped"
+
+
+class Accepting(enum.Enum):
+    """Whether the worker reads its listeners, and if not, why."""
+    OPEN = "open"
+    FULL = "full"            # --max-connections reached
+    NO_FDS = "no_fds"        # EMFILE/ENFILE: a short pause
+    CLOSED = "closed"        # draining: the listeners are closed
 
 logger = gwlog.get("worker")
 
@@ -90,11 +110,17 @@ class Worker:
         self._srv_policy = False
         self._sync_session = self._sync  # one bound method shared by every session
         self._debug = settings.log_level == "debug"
-        self._accepting = False
+        self._accepting = Accepting.NO_FDS  # until run() opens it
+        self._registered = False
+        self._recheck: Timer | None = None
+        self._dialling: collections.Counter[int] = collections.Counter()  # slot -> dials
         self._drain_deadline = 0.0
         self._accepted_at = table.counter_offset(index, GATEWAY, G_ACCEPTED)
         self._rejected_at = table.counter_offset(index, GATEWAY, G_REJECTED)
+        self._open_at = table.counter_offset(index, GATEWAY, G_OPEN)
+        self._limited_at = table.counter_offset(index, GATEWAY, G_LIMITED)
         self._emfile_log = gwlog.Throttle()
+        self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
         self._all_down_log = gwlog.Throttle()
 
@@ -177,7 +203,7 @@ class Worker:
             return
         self.state = DRAINING
         self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
-        self._pause_accepting()
+        self._set_accepting(Accepting.CLOSED)
         self.listener.close()
         logger.debug("worker draining", extra=gwlog.fields(
             worker=self.index, connections=self.session_count + len(self.dials)))
@@ -200,24 +226,73 @@ class Worker:
             self.listener.close()
 
     # -- accepting -------------------------------------------------------------------
-    def _resume_accepting(self) -> None:
-        if self.state == SERVING and not self._accepting:
-            assert self.loop is not None
-            self.loop.selector.register(self.listener.fileno(), READ, self._on_acceptable)
-            self._accepting = True
+    def _set_accepting(self, state: Accepting) -> None:
+        """Enter `state`: listeners registered in OPEN only."""
+        assert self.loop is not None
+        want = state == Accepting.OPEN
+        if want != self._registered:
+            if want:
+                self.loop.selector.register(self.listener.fileno(), READ, self._on_acceptable)
+            else:
+                self.loop.selector.unregister(self.listener.fileno())
+            self._registered = want
+        self._accepting = state
 
-    def _pause_accepting(self) -> None:
-        if self._accepting:
+    def _resume_accepting(self) -> None:
+        """Open the listeners again, unless draining or still at the limit."""
+        if self.state != SERVING:
+            return
+        if self._at_limit():
+            self._limit_reached()
+        else:
+            self._set_accepting(Accepting.OPEN)
+
+    def _open_count(self) -> int:
+        """Clients this worker holds: dialling or relayed."""
+        return self.session_count + len(self.dials)
+
+    def _at_limit(self) -> bool:
+        limit = self.table.max_connections
+        return bool(limit) and self.table.open_connections(
+            self.index, self._open_count()) >= limit
+
+    def _limit_reached(self) -> None:
+        """--max-connections reached: stop reading the listeners (new clients wait in
+        the kernel's backlog), look again shortly and whenever a client of ours goes."""
+        if self._accepting != Accepting.FULL:
+            self.table.add_at(self._limited_at, 1)
+            suppressed = self._limit_log.allow()
+            if suppressed is not None:
+                logger.warning("connection limit reached: pausing accept", extra=gwlog.fields(
+                    worker=self.index, limit=self.table.max_connections,
+                    connections=self._open_count(), repeats=suppressed))
+        self._set_accepting(Accepting.FULL)
+        if self._recheck is None:
             assert self.loop is not None
-            self.loop.selector.unregister(self.listener.fileno())
-            self._accepting = False
+            self._recheck = self.loop.call_later(LIMIT_RECHECK, self._limit_recheck)
+
+    def _limit_recheck(self) -> None:
+        self._recheck = None
+        if self._accepting == Accepting.FULL:
+            self._resume_accepting()
+
+    def _client_gone(self) -> None:
+        """A client of ours was closed: publish the count, maybe accept again."""
+        self.table.set_at(self._open_at, self._open_count())
+        if self._accepting == Accepting.FULL:
+            self._resume_accepting()
+        self._stop_if_drained()
 
     def _on_acceptable(self, fd: int, mask: int) -> None:
         # _accept() is socket.accept() without the socket object: the session keeps
         # raw fds (see relay.py), so building one per client would only be thrown away
         accept = self.listener._accept  # type: ignore[attr-defined]
         accepted = 0
+        limited = bool(self.table.max_connections)
         for _ in range(ACCEPT_BATCH):
+            if limited and self._at_limit():
+                self._limit_reached()
+                break
             try:
                 client, addr = accept()
             except (BlockingIOError, InterruptedError):
@@ -233,15 +308,18 @@ class Worker:
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, _ONE)
             self._start_dial(client, addr)
-            if self.state != SERVING:
+            if self.state != SERVING or self._accepting != Accepting.OPEN:
                 break
         if accepted:
             self.table.add_at(self._accepted_at, accepted)
+            self.table.set_at(self._open_at, self._open_count())
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         """EMFILE/ENFILE: stop reading the listener for a moment (or the loop would
         spin on it), say so at most once a second, and carry on serving."""
-        self._pause_accepting()
+        if self._accepting != Accepting.OPEN:
+            return  # already paused (or closed): one pause at a time
+        self._set_accepting(Accepting.NO_FDS)
         assert self.loop is not None
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
         suppressed = self._emfile_log.allow()
@@ -260,9 +338,18 @@ class Worker:
         return self._roster
 
     def _candidates(self, roster: list[RosterEntry], up: list[bool]) -> list[RosterEntry]:
+        table = self.table
+        if table.balance == Balance.LEAST_CONNECTIONS:
+            load = table.relayed_per_endpoint(self.index, [e.slot for e in roster])
+            if self._dialling:
+                load = [n + self._dialling[e.slot] for n, e in zip(load, roster)]
+            if self._srv_policy:
+                return picker.least_connections(roster, up, load, table.next_rr(),
+                                                _priority, _weight)
+            return picker.least_connections(roster, up, load, table.next_rr())
         if self._srv_policy:
             return picker.rfc2782(roster, up, _priority, _weight, random.random)
-        return picker.round_robin(roster, up, self.table.next_rr())
+        return picker.round_robin(roster, up, table.next_rr())
 
     def _start_dial(self, client: int, addr: tuple) -> None:
         roster = self._current_roster()
@@ -302,6 +389,7 @@ class Worker:
                 return
             if err in (errno.EINPROGRESS, errno.EAGAIN):
                 dial.sock, dial.entry = sock, entry
+                self._dialling[entry.slot] += 1
                 assert self.loop is not None
                 self.loop.selector.register(sock.fileno(), WRITE,
                                             functools.partial(self._on_dial_ready, dial))
@@ -334,6 +422,7 @@ class Worker:
         self.loop.selector.unregister(sock.fileno())
         sock.close()
         dial.sock = dial.entry = None
+        self._undial(entry)
         self._dial_failed(entry, error)
         self._dial_next(dial)
 
@@ -353,9 +442,19 @@ class Worker:
                 client=_address(dial.peer), reason=reason, tried=dial.next,
                 repeats=suppressed))
         close_fd(dial.client, reset=True)
-        self._stop_if_drained()
+        self._client_gone()
+
+    def _undial(self, entry: RosterEntry) -> None:
+        """A dial in flight to `entry` ended (it counted toward its load)."""
+        left = self._dialling[entry.slot] - 1
+        if left > 0:
+            self._dialling[entry.slot] = left
+        else:
+            del self._dialling[entry.slot]
 
     def _abandon_dial(self, dial: Dial) -> None:
+        if dial.entry is not None:
+            self._undial(dial.entry)
         if dial.sock is not None:
             assert self.loop is not None
             self.loop.selector.unregister(dial.sock.fileno())
@@ -368,6 +467,8 @@ class Worker:
     def _connected(self, dial: Dial, sock: socket.socket, entry: RosterEntry,
                    registered: int) -> None:
         self.dials.discard(dial)
+        if dial.entry is not None:
+            self._undial(dial.entry)
         table = self.table
         slot = entry.slot
         if not table.is_up(slot) and table.mark_up(slot):
@@ -422,7 +523,7 @@ class Worker:
                 client=_address(session.peer), endpoint=self._address_of(session.slot),
                 sent_bytes=up, received_bytes=down,
                 duration=round(time.monotonic() - session.started, 6), end=session.ended))
-        self._stop_if_drained()
+        self._client_gone()
 
     def _live_sessions(self) -> list[Session]:
         """Every open session, from the poller (each is registered for at least one of

@@ -40,6 +40,9 @@ def assert_refused(args, *words, env=None):
     (["--workers=many"], ["--workers", "many"]),
     (["-c", "/nonexistent/gateway.conf"], ["--config", "/nonexistent/gateway.conf"]),
     (["--bogus-flag=1"], ["--bogus-flag"]),
+    (["--max-connections=-1"], ["--max-connections", "-1"]),
+    (["--max-connections=lots"], ["--max-connections", "lots"]),
+    (["--balance=random"], ["--balance", "random", "least-connections"]),
 ])
 def test_bad_values_exit_2_with_one_line_naming_option_and_value(args, words):
     assert_refused(args, *words)

@@ -98,6 +98,9 @@ def test_go_durations_parse():
     (["--insecure-discovery=maybe"], ["--insecure-discovery", "'maybe'"]),
     (["--discovery-srv-name=x"], ["--discovery-srv-name", "--discovery-srv"]),
     (["--no-such-flag"], ["--no-such-flag"]),
+    (["--max-connections=1.5"], ["--max-connections", "'1.5'"]),
+    (["--max-connections=99999999999"], ["--max-connections", "99999999999"]),
+    (["--balance=leastconn"], ["--balance", "'leastconn'"]),
 ])
 def test_bad_values_are_refused_with_one_line_naming_option_and_value(argv, names):
     message = refused(*argv)

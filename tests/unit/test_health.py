@@ -158,3 +158,62 @@ def test_a_full_length_dns_name_fits_as_a_label():
     table = HealthTable()
     table.publish([Endpoint(f"{name}:2379", socket.AF_INET, "127.0.0.1", 2379)])
     assert table.roster()[0].endpoint.label == f"{name}:2379"
+
+
+# -- load aggregates (least-connections, --max-connections) ----------------------------
+from gateway.health import G_OPEN, GATEWAY, Balance  # noqa: E402
+
+
+def _loaded_table():
+    table = HealthTable()
+    slots = [e.slot for e in table.publish([ep(1), ep(2)])]
+    me, other = table.claim_worker_slot(10), table.claim_worker_slot(11)
+    return table, slots, me, other
+
+
+def test_a_workers_own_connections_count_at_once():
+    table, slots, me, _ = _loaded_table()
+    table.add_at(table.counter_offset(me, slots[0], C_ACTIVE), 3)
+    assert table.relayed_per_endpoint(me, slots) == [3, 0]
+    assert table.open_connections(me, own=3) == 3
+
+
+def test_other_workers_connections_count_from_the_masters_last_refresh():
+    table, slots, me, other = _loaded_table()
+    table.add_at(table.counter_offset(other, slots[1], C_ACTIVE), 2)
+    table.set_at(table.counter_offset(other, GATEWAY, G_OPEN), 2)
+    assert table.relayed_per_endpoint(me, slots) == [0, 0]   # not refreshed yet
+    table.refresh_load()
+    assert table.relayed_per_endpoint(me, slots) == [0, 2]
+    assert table.open_connections(me, own=1) == 3
+
+
+def test_own_changes_after_a_refresh_are_not_counted_twice():
+    table, slots, me, _ = _loaded_table()
+    table.add_at(table.counter_offset(me, slots[0], C_ACTIVE), 4)
+    table.refresh_load()
+    table.add_at(table.counter_offset(me, slots[0], C_ACTIVE), -1)
+    assert table.relayed_per_endpoint(me, slots) == [3, 0]
+
+
+def test_a_dead_workers_connections_leave_the_aggregates_when_its_slot_is_released():
+    table, slots, me, other = _loaded_table()
+    table.add_at(table.counter_offset(other, slots[0], C_ACTIVE), 5)
+    table.set_at(table.counter_offset(other, GATEWAY, G_OPEN), 5)
+    table.refresh_load()
+    table.release_worker_slot(other)
+    assert table.relayed_per_endpoint(me, slots) == [0, 0]
+    assert table.open_connections(me, own=0) == 0
+    reused = table.claim_worker_slot(12)
+    assert table.relayed_per_endpoint(reused, slots) == [0, 0]
+
+
+def test_the_limit_and_balance_policy_are_shared():
+    table = HealthTable()
+    assert (table.max_connections, table.balance) == (0, Balance.ROUND_ROBIN)
+    table.set_load_policy(5, Balance.LEAST_CONNECTIONS)
+    if os.fork() == 0:
+        os._exit(0 if (table.max_connections, table.balance)
+                 == (5, Balance.LEAST_CONNECTIONS) else 1)
+    _, status = os.wait()
+    assert os.WEXITSTATUS(status) == 0

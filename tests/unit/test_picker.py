@@ -66,3 +66,33 @@ def test_failover_order_lists_lower_classes_then_down_members():
     order = rfc2782([("a", 1, 1), ("b", 2, 1), ("dead", 0, 1)], [True, True, False],
                     PRIO, WEIGHT, random.random)
     assert [e[0] for e in order] == ["a", "b", "dead"]
+
+
+# -- least connections -----------------------------------------------------------------
+from gateway.picker import least_connections  # noqa: E402
+
+
+def test_least_connections_puts_the_least_loaded_member_first():
+    assert least_connections("abc", [True] * 3, [10, 0, 10], 0)[0] == "b"
+
+
+def test_least_connections_rotates_among_ties():
+    firsts = [least_connections("abc", [True] * 3, [4, 1, 1], n)[0] for n in range(10)]
+    assert Counter(firsts) == {"b": 5, "c": 5}
+
+
+def test_least_connections_puts_members_marked_down_last():
+    assert least_connections("abc", [False, True, True], [0, 5, 3], 0) == ["c", "b", "a"]
+
+
+def test_least_connections_keeps_the_srv_priority_class():
+    entries = [("a", 10, 1), ("b", 10, 1), ("c", 20, 1)]
+    order = least_connections(entries, [True] * 3, [50, 40, 0], 0, PRIO, WEIGHT)
+    assert [e[0] for e in order] == ["b", "a", "c"]
+
+
+def test_least_connections_weighs_load_by_srv_weight():
+    entries = [("heavy", 10, 3), ("light", 10, 1)]
+    # (6 + 1) / 3 < (2 + 1) / 1, but (9 + 1) / 3 > (2 + 1) / 1
+    assert least_connections(entries, [True] * 2, [6, 2], 0, PRIO, WEIGHT)[0][0] == "heavy"
+    assert least_connections(entries, [True] * 2, [9, 2], 0, PRIO, WEIGHT)[0][0] == "light"
