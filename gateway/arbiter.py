@@ -6,7 +6,8 @@ reality match it (gunicorn's arbiter). The master never accepts or touches a cli
 socket; it forks workers, reaps and replaces them, probes members marked down, and
 re-reads its configuration on SIGHUP.
 
-States: running -> draining (listener closed, workers finishing their sessions,
+Signals that arrived during start-up (earlysignals.py) are acted on once the loop
+runs. States: running -> draining (listener closed, workers finishing their sessions,
 bounded by the shutdown timeout) -> stopped. A second SIGTERM/SIGINT, or SIGQUIT,
 stops at once.
 """
@@ -28,6 +29,7 @@ from gateway.httpd import HttpServer, bind_http
 from gateway.loop import Loop, Timer
 from gateway.metrics import GatewayInfo, MetricsApp
 from gateway.checks import Checker, CheckPolicy
+from gateway.earlysignals import EarlySignals
 from gateway.worker import Worker, WorkerSettings
 
 logger = gwlog.get("master")
@@ -62,10 +64,11 @@ class Arbiter:
     shows a handler must never carry credentials passed by environment)."""
 
     def __init__(self, config: gwconfig.Config, argv: list[str],
-                 environ: dict[str, str]) -> None:
+                 environ: dict[str, str], early_signals: EarlySignals | None = None) -> None:
         self.config = config
         self.argv = argv
         self.environ = environ
+        self.early_signals = early_signals  # start-up's handlers, until the loop's
         self.state = RUNNING
         self.workers: dict[int, WorkerRecord] = {}
         self.exit_status = 0
@@ -113,6 +116,7 @@ class Arbiter:
         self._set_load_policy(self.config)
         self._refresh_load()
         self.loop.handle_signals(HANDLED, self._on_signal)
+        during_startup = self.early_signals.handover() if self.early_signals else []
         self.manage_workers()
         logger.info("ready to proxy client requests", extra=gwlog.fields(
             endpoints=[ep.address for ep in endpoints],
@@ -121,6 +125,7 @@ class Arbiter:
         sysd.notify("READY=1\nMAINPID=%d" % self.pid)
         self.checker.start()
         self._schedule_srv_refresh()
+        self._act_on_startup_signals(during_startup)
         try:
             while self.state != STOPPED:
                 self.loop.run_once(1.0)
@@ -136,6 +141,13 @@ class Arbiter:
             self._srv_refresh.cancel()
         logger.info("stopped", extra=gwlog.fields(status=self.exit_status))
         return self.exit_status
+
+    def _act_on_startup_signals(self, signums: list[int]) -> None:
+        """Signals that arrived while starting (see earlysignals.py), acted on now."""
+        for signum in signums:
+            logger.info("acting on a signal received during start-up",
+                        extra=gwlog.fields(signal=signal.Signals(signum).name))
+            self._on_signal(signum)
 
     def _raise_nofile_limit(self) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -177,7 +189,8 @@ class Arbiter:
         """What the metrics need from the master (called at each scrape)."""
         return GatewayInfo(workers={r.index: pid for pid, r in self.workers.items()},
                            desired_workers=self.desired_workers, reloads_total=self.reloads,
-                           cpu_offsets=dict(self.cpu_offsets), version=__version__)
+                           cpu_offsets=dict(self.cpu_offsets), version=__version__,
+                           draining=self.state != RUNNING)
 
     def _set_load_policy(self, config: gwconfig.Config) -> None:
         self.table.set_load_policy(config.max_connections, _BALANCES[config.balance])
@@ -344,6 +357,9 @@ class Arbiter:
                              extra=gwlog.fields(path=c.log_file, error=exc.strerror))
                 return
             logger.info("reopened log file", extra=gwlog.fields(path=c.log_file or "stderr"))
+        elif signum in (signal.SIGTTIN, signal.SIGTTOU) and self.state != RUNNING:
+            logger.info("worker count unchanged: draining", extra=gwlog.fields(
+                signal=signal.Signals(signum).name, workers=len(self.workers)))
         elif signum == signal.SIGTTIN:
             # at most half the table's slots: a reload starts replacements before the
             # old workers go
@@ -398,6 +414,7 @@ class Arbiter:
         is the plan applied. Endpoint changes reach every worker at once through the
         table; open connections are untouched."""
         if self.state != RUNNING:
+            logger.info("reload ignored: draining", extra=gwlog.fields(signal="SIGHUP"))
             return
         sysd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:

@@ -1,7 +1,9 @@
 """Command line entry point: `etcd-gatewayd [start] [options]`.
 
-design: parse and validate first (a bad value is one line on stderr and exit status 2,
-never a traceback), then set up logging and hand over to the master. Start-up failures
+design: the start path first installs start-up's signal handlers (earlysignals.py:
+nothing sent during start-up is fatal, a stop signal ends it cleanly), then parses
+and validates (a bad value is one line on stderr and exit status 2, never a
+traceback), then sets up logging and hands over to the master. Start-up failures
 that are not bad values (the port is taken, a fork fails) exit 1 with one line.
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 import socket
 import sys
 
-from gateway import __version__
+from gateway import __version__, earlysignals
 from gateway import config as gwconfig
 from gateway import log as gwlog
 from gateway.addresses import HostPort
@@ -31,13 +33,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return 0
     environ = dict(os.environ)
+    if "--check-config" in args:
+        try:
+            config = gwconfig.load(argv, environ)
+        except gwconfig.ConfigError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+        return check_config(config)
+    early = earlysignals.install()  # before anything slow: see earlysignals.py
+    try:
+        return start(argv, environ, early)
+    except earlysignals.StartupInterrupted as exc:
+        if gwlog.get().handlers:
+            gwlog.get("master").info("stopped during start-up",
+                                     extra=gwlog.fields(signal=str(exc), status=0))
+        else:
+            print(f"{PROG}: stopped during start-up ({exc})", file=sys.stderr)
+        return 0
+
+
+def start(argv: list[str], environ: dict[str, str], early: earlysignals.EarlySignals) -> int:
+    """Load, set up logging, run the master; the exit status."""
     try:
         config = gwconfig.load(argv, environ)
     except gwconfig.ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    if "--check-config" in args:
-        return check_config(config)
     try:
         gwlog.setup(config.log_level, config.log_format, config.log_file)
     except OSError as exc:
@@ -47,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.arbiter import Arbiter, FatalError  # after validation: keep errors fast
 
     try:
-        return Arbiter(config, argv, environ).run()
+        return Arbiter(config, argv, environ, early_signals=early).run()
     except gwconfig.ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

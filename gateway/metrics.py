@@ -56,6 +56,7 @@ class GatewayInfo:
     reloads_total: int = 0
     cpu_offsets: dict[int, float] = field(default_factory=dict)  # index -> dead CPU s
     version: str = ""
+    draining: bool = False   # the listener is closed: new clients are refused
 
 
 @dataclass(frozen=True)
@@ -133,11 +134,16 @@ class MetricsApp:
 
     # -- /health -----------------------------------------------------------------------
     def health(self) -> Response:
+        """200 while clients can be served: an endpoint is up and the gateway is not
+        draining (a draining gateway has closed its listener: a load balancer must
+        stop sending clients), else 503."""
         roster = self.table.roster()
         up = sum(1 for entry in roster if self.table.is_up(entry.slot))
-        body = {"health": "true" if up else "false", "endpoints_up": up,
-                "endpoints": len(roster)}
-        return (200 if up else 503), JSON_TYPE, json.dumps(body).encode()
+        draining = self.info().draining
+        healthy = up > 0 and not draining
+        body = {"health": "true" if healthy else "false", "endpoints_up": up,
+                "endpoints": len(roster), "draining": draining}
+        return (200 if healthy else 503), JSON_TYPE, json.dumps(body).encode()
 
     # -- /endpoints --------------------------------------------------------------------
     def endpoints(self) -> bytes:

@@ -293,14 +293,16 @@ def test_format_value():
 def test_health_is_200_while_an_endpoint_is_up_else_503(gw):
     status, ctype, body = gw.app.handle("GET", "/health")
     assert (status, ctype) == (200, JSON_TYPE)
-    assert json.loads(body) == {"health": "true", "endpoints_up": 3, "endpoints": 3}
+    assert json.loads(body) == {"health": "true", "endpoints_up": 3, "endpoints": 3,
+                                 "draining": False}
     gw.table.mark_down(gw.slot(PORTS[0]), "refused")
     gw.table.mark_down(gw.slot(PORTS[1]), "refused")
     assert json.loads(gw.app.handle("GET", "/health")[2])["endpoints_up"] == 1
     gw.table.mark_down(gw.slot(PORTS[2]), "refused")
     status, _, body = gw.app.handle("GET", "/health")
     assert status == 503
-    assert json.loads(body) == {"health": "false", "endpoints_up": 0, "endpoints": 3}
+    assert json.loads(body) == {"health": "false", "endpoints_up": 0, "endpoints": 3,
+                                 "draining": False}
     samples = gw.scrape()
     assert all(samples[ep_key("etcd_gateway_endpoint_up", p)] == 0 for p in PORTS)
 
