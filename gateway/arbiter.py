@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from gateway import config as gwconfig
 from gateway import __version__, discovery, listeners, sysd
 from gateway import log as gwlog
-from gateway.health import LOAD_REFRESH, RFC2782, ROUND_ROBIN, Balance, HealthTable
+from gateway.health import (G_WORKER_TIMEOUTS, GATEWAY, LOAD_REFRESH, RFC2782, ROUND_ROBIN,
+                            Balance, HealthTable, NoWorkerSlot)
 from gateway.httpd import HttpServer, bind_http
 from gateway.loop import Loop, Timer
 from gateway.metrics import GatewayInfo, MetricsApp
@@ -40,6 +41,7 @@ CRASH_LIMIT = 5          # worker deaths within the window that make the master 
 KILL_GRACE = 5.0         # after the shutdown timeout, before SIGKILL
 QUIT_GRACE = 2.0         # after SIGQUIT to the workers, before SIGKILL
 FORK_RETRY = 1.0         # after a failed fork, once the service is up
+WATCH_PERIOD = 1.0       # how often the watchdog reads the workers' heartbeats
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
            signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU)
 
@@ -56,6 +58,9 @@ class WorkerRecord:
     settings: WorkerSettings
     listener_gen: int        # which listener it was forked with
     retiring: bool = False
+    beat: float = 0.0        # the worker's latest heartbeat seen by the watchdog...
+    beat_seen: float = 0.0   # ...and when the master saw it change (master's clock)
+    timed_out: bool = False  # killed by the watchdog
 
 
 class Arbiter:
@@ -83,6 +88,8 @@ class Arbiter:
         self._quitting = False
         self._listener_gen = 0
         self._fork_retry: Timer | None = None
+        self._no_slot_log = gwlog.Throttle(10.0)
+        self._last_watch = 0.0
         self._srv_refresh: discovery.SrvRefresh | None = None
         self._srv_timer: Timer | None = None
         self.http: HttpServer | None = None
@@ -115,6 +122,7 @@ class Arbiter:
         self.table.publish(endpoints, roster.policy)
         self._set_load_policy(self.config)
         self._refresh_load()
+        self.table.set_retry_delay(self.config.retry_delay)
         self.loop.handle_signals(HANDLED, self._on_signal)
         during_startup = self.early_signals.handover() if self.early_signals else []
         self.manage_workers()
@@ -124,6 +132,8 @@ class Arbiter:
                "workers": self.desired_workers}))
         sysd.notify("READY=1\nMAINPID=%d" % self.pid)
         self.checker.start()
+        self._last_watch = time.monotonic()
+        self.loop.call_later(WATCH_PERIOD, self._watch_workers)
         self._schedule_srv_refresh()
         self._act_on_startup_signals(during_startup)
         try:
@@ -203,7 +213,7 @@ class Arbiter:
 
     def _worker_settings(self) -> WorkerSettings:
         c = self.config
-        return WorkerSettings(dial_timeout=c.dial_timeout, retry_delay=c.retry_delay,
+        return WorkerSettings(dial_timeout=c.dial_timeout,
                               shutdown_timeout=c.shutdown_timeout, log_level=c.log_level,
                               log_format=c.log_format, log_file=c.log_file)
 
@@ -229,7 +239,19 @@ class Arbiter:
     def _spawn(self) -> bool:
         """Fork one worker; False (and a retry scheduled) when the fork failed."""
         assert self.listener is not None
-        index = self.table.claim_worker_slot(0)
+        try:
+            index = self.table.claim_worker_slot(0)
+        except NoWorkerSlot:
+            # every slot is held by a serving or a retiring worker (a burst of reloads
+            # while connections stay open): the old ones keep serving, and the
+            # replacement is started when a retiring worker exits (or on the retry)
+            suppressed = self._no_slot_log.allow()
+            if suppressed is not None:
+                logger.warning("no free worker slot: waiting for a retiring worker to exit",
+                               extra=gwlog.fields(workers=len(self.workers),
+                                                  retry=FORK_RETRY, repeats=suppressed))
+            self._schedule_spawn_retry()
+            return False
         settings = self._worker_settings()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
@@ -242,17 +264,21 @@ class Arbiter:
             # the service is up: keep it, and try again shortly
             logger.error("cannot fork a worker; retrying", extra=gwlog.fields(
                 error=exc.strerror, retry=FORK_RETRY))
-            if self._fork_retry is None:
-                self._fork_retry = self.loop.call_later(FORK_RETRY, self._retry_spawn)
+            self._schedule_spawn_retry()
             return False
         if pid == 0:
             self._become_worker(index, settings)  # never returns
         self.table.set_worker_pid(index, pid)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        self.workers[pid] = WorkerRecord(pid, index, time.monotonic(), settings,
-                                         self._listener_gen)
+        now = time.monotonic()
+        self.workers[pid] = WorkerRecord(pid, index, now, settings, self._listener_gen,
+                                         beat_seen=now)
         logger.info("started worker", extra=gwlog.fields(worker=index, worker_pid=pid))
         return True
+
+    def _schedule_spawn_retry(self) -> None:
+        if self._fork_retry is None:
+            self._fork_retry = self.loop.call_later(FORK_RETRY, self._retry_spawn)
 
     def _retry_spawn(self) -> None:
         self._fork_retry = None
@@ -301,7 +327,12 @@ class Arbiter:
 
     def _worker_exited(self, record: WorkerRecord, status: int) -> None:
         how = _describe_status(status)
-        if record.retiring or self.state != RUNNING:
+        if record.timed_out:
+            # wedged, not crashing: replaced without counting towards giving up
+            logger.info("worker exited", extra=gwlog.fields(
+                worker=record.index, worker_pid=record.pid, status=how,
+                reason="worker timeout"))
+        elif record.retiring or self.state != RUNNING:
             logger.info("worker exited", extra=gwlog.fields(
                 worker=record.index, worker_pid=record.pid, status=how))
         elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
@@ -323,6 +354,34 @@ class Arbiter:
             self.manage_workers()
         elif not self.workers:
             self.state = STOPPED
+
+    # -- watchdog ----------------------------------------------------------------------
+    def _watch_workers(self) -> None:
+        """--worker-timeout: every worker stamps a heartbeat in the shared table on its
+        loop's tick; one whose stamp has not moved for the timeout (stopped, spinning,
+        blocked in a call) is killed with SIGKILL and replaced. Time is measured on
+        the master's clock from when it last saw the stamp change, and a master that
+        was itself stopped (a gap in its own ticks) gives every worker a fresh start."""
+        self.loop.call_later(WATCH_PERIOD, self._watch_workers)
+        now = time.monotonic()
+        stalled = now - self._last_watch > 3 * WATCH_PERIOD
+        self._last_watch = now
+        timeout = self.config.worker_timeout
+        for record in list(self.workers.values()):
+            beat = self.table.last_beat(record.index)
+            if beat != record.beat or stalled:
+                record.beat, record.beat_seen = beat, now
+            elif timeout and not record.timed_out and now - record.beat_seen >= timeout:
+                self._kill_wedged(record, now - record.beat_seen)
+
+    def _kill_wedged(self, record: WorkerRecord, silent: float) -> None:
+        record.timed_out = True
+        self._send(record.pid, signal.SIGKILL)
+        table = self.table
+        table.add_at(table.counter_offset(table.master_row, GATEWAY, G_WORKER_TIMEOUTS), 1)
+        logger.error("worker timeout", extra=gwlog.fields(
+            worker=record.index, worker_pid=record.pid, silent=round(silent, 1),
+            timeout=self.config.worker_timeout, action="SIGKILL; replacing it"))
 
     def _send(self, pid: int, signum: int) -> None:
         try:
@@ -418,13 +477,18 @@ class Arbiter:
             return
         sysd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            plan = self._prepare_reload()
-        except (gwconfig.ConfigError, FatalError, listeners.ListenError) as exc:
-            logger.error("reload failed; keeping the running configuration",
-                         extra=gwlog.fields(error=str(exc)))
-        else:
-            self._apply_reload(plan)
-        sysd.notify("READY=1")
+            try:
+                plan = self._prepare_reload()
+            except (gwconfig.ConfigError, FatalError, listeners.ListenError) as exc:
+                logger.error("reload failed; keeping the running configuration",
+                             extra=gwlog.fields(error=str(exc)))
+            except (OSError, ValueError) as exc:  # e.g. EMFILE, a NUL byte in a path
+                logger.error("reload failed; keeping the running configuration",
+                             extra=gwlog.fields(error=f"{type(exc).__name__}: {exc}"))
+            else:
+                self._apply_reload(plan)
+        finally:
+            sysd.notify("READY=1")  # whatever happened, RELOADING=1 is always answered
 
     def _prepare_reload(self) -> "_ReloadPlan":
         """Parse, resolve, and bind what changed; raise (having closed whatever it
@@ -465,6 +529,7 @@ class Arbiter:
             self.table.publish(plan.endpoints, ROUND_ROBIN)
         self.config = new
         self._set_load_policy(new)
+        self.table.set_retry_delay(new.retry_delay)  # workers only log it: not a setting
         self.checker.configure(_check_policy(new))
         if new.workers != old.workers:
             self.desired_workers = new.workers

@@ -234,6 +234,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", _workers, _default_workers,
            "Worker processes that accept and relay (default: CPUs available).",
            origin="new", metavar="N"),
+    Option("worker-timeout", _duration_or_zero, "30s",
+           "A worker whose loop shows no progress for this long (stopped, spinning, "
+           "blocked) is killed with SIGKILL and replaced (0 turns the watchdog off).",
+           origin="new", metavar="DURATION"),
     Option("shutdown-timeout", _duration, "30s",
            "On SIGTERM/SIGINT, how long open connections may drain before they are closed.",
            origin="new", metavar="DURATION"),
@@ -286,6 +290,7 @@ class Config:
     retry_delay: float
     dial_timeout: float
     workers: int
+    worker_timeout: float
     shutdown_timeout: float
     health_check: str
     health_check_interval: float

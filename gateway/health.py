@@ -58,6 +58,7 @@ ROUND_ROBIN, RFC2782 = 0, 1  # how workers choose among the roster
 _F64 = struct.Struct("<d")
 _MAX_CONNECTIONS_OFF = 32  # u64: --max-connections (0: no limit), written by the master
 _BALANCE_OFF = 40          # u32: a Balance, written by the master
+_RETRY_DELAY_OFF = 48      # f64 --retry-delay, written by the master: workers only log it
 LOAD_REFRESH = 0.05        # seconds between the master's load aggregate refreshes
 
 
@@ -74,10 +75,13 @@ _EP_DOWN_OFF = 320      # f64 down_at
 _EP_CHANGED_OFF = 328   # f64 wall-clock time of the last state change
 _EP_ERROR_OFF = 336     # last error text
 _EP_ERROR_LEN = 160
+_EP_TIMEOUTS_OFF = 496  # u32 timed-out dials since the last success (see note_dial_timeout)
+_EP_DIAL_OK_OFF = 504   # f64 CLOCK_MONOTONIC second of the latest successful dial
 
 # worker slot: pid, then per-worker figures
 _WK = struct.Struct("<Iid")  # pid, state (0 free, 1 live), started (wall clock)
 _WK_SIZE = 32
+_WK_BEAT_OFF = 16     # f64 CLOCK_MONOTONIC second of the worker's latest loop tick
 
 # counters: one u64 per (row, column, counter). Rows: one per worker slot, then the
 # retired totals of dead workers, then the master's own. Columns: one per endpoint
@@ -92,6 +96,7 @@ GATEWAY = MAX_ENDPOINTS  # the column of gateway-wide counters
 # G_OPEN is a gauge (clients a worker holds now: dialling or relayed); G_LIMITED counts
 # the times a worker stopped accepting because --max-connections was reached
 G_ACCEPTED, G_REJECTED, G_OPEN, G_LIMITED = range(4)
+G_WORKER_TIMEOUTS = 8  # master's row: workers killed by the watchdog (--worker-timeout)
 _COLUMN_SIZE = N_COUNTERS * 8
 _ROW_SIZE = (MAX_ENDPOINTS + 1) * _COLUMN_SIZE
 _LOAD_ROW = MAX_ENDPOINTS + 1  # u64 cells per load row: endpoints, then gateway open
@@ -121,6 +126,10 @@ class Endpoint:
 class RosterEntry:
     slot: int
     endpoint: Endpoint
+
+
+class NoWorkerSlot(RuntimeError):
+    """Every worker slot is taken (by live and retiring workers): wait for one to exit."""
 
 
 class HealthTable:
@@ -156,6 +165,14 @@ class HealthTable:
     def policy(self) -> int:
         """ROUND_ROBIN (static endpoints) or RFC2782 (endpoints found by SRV)."""
         return _U32.unpack_from(self.buf, _POLICY_OFF)[0]
+
+    @property
+    def retry_delay(self) -> float:
+        """--retry-delay as the master last published it (workers log it)."""
+        return _F64.unpack_from(self.buf, _RETRY_DELAY_OFF)[0]
+
+    def set_retry_delay(self, seconds: float) -> None:
+        _F64.pack_into(self.buf, _RETRY_DELAY_OFF, seconds)
 
     def publish(self, endpoints: list[Endpoint], policy: int = ROUND_ROBIN) -> list[RosterEntry]:
         """Make `endpoints` the roster. Endpoints already present keep their slot (and so
@@ -231,6 +248,8 @@ class HealthTable:
         _F64.pack_into(self.buf, off + _EP_DOWN_OFF, 0.0)
         _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
         self.buf[off + _EP_ERROR_OFF:off + _EP_ERROR_OFF + _EP_ERROR_LEN] = bytes(_EP_ERROR_LEN)
+        _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
+        _F64.pack_into(self.buf, off + _EP_DIAL_OK_OFF, 0.0)
         for row in range(self.max_workers + 2):
             base = self._ctr_base + row * _ROW_SIZE + slot * _COLUMN_SIZE
             self.buf[base:base + _COLUMN_SIZE] = bytes(_COLUMN_SIZE)
@@ -261,6 +280,7 @@ class HealthTable:
             return False
         _F64.pack_into(self.buf, off + _EP_DOWN_OFF, 0.0)
         _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
+        _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
         return True
 
     def last_error(self, slot: int) -> str:
@@ -273,6 +293,39 @@ class HealthTable:
     def _set_error(self, off: int, error: str) -> None:
         raw = error.encode(errors="replace")[:_EP_ERROR_LEN].ljust(_EP_ERROR_LEN, b"\0")
         self.buf[off + _EP_ERROR_OFF:off + _EP_ERROR_OFF + _EP_ERROR_LEN] = raw
+
+    # -- timed-out dials: busy or dead? ------------------------------------------
+    # A refused connect proves a member dead; a timed-out one may be a SYN dropped by
+    # a full accept queue (busy). A timeout counts only if no dial to the member
+    # succeeded since it was started; `fall` of them in a row mark it down, and any
+    # success clears the count. Racing workers may lose an increment (read-modify-
+    # write without a lock): that only delays a mark, it never invents one.
+    def note_dial_ok(self, slot: int, now: float) -> None:
+        """A dial to `slot` succeeded at `now` (monotonic): the member is alive."""
+        off = self._slot_off(slot)
+        _F64.pack_into(self.buf, off + _EP_DIAL_OK_OFF, now)
+        if _U32.unpack_from(self.buf, off + _EP_TIMEOUTS_OFF)[0]:
+            _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
+
+    def last_dial_ok(self, slot: int) -> float:
+        return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_DIAL_OK_OFF)[0]
+
+    def note_dial_timeout(self, slot: int, started: float) -> int:
+        """A dial started at `started` timed out: the count of timed-out dials in a row
+        (0 when a dial succeeded meanwhile: the member is busy, not dead)."""
+        off = self._slot_off(slot)
+        if _F64.unpack_from(self.buf, off + _EP_DIAL_OK_OFF)[0] >= started:
+            return 0
+        count = _U32.unpack_from(self.buf, off + _EP_TIMEOUTS_OFF)[0] + 1
+        _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, count)
+        return count
+
+    def dial_timeouts(self, slot: int) -> int:
+        """Timed-out dials in a row (a suspect member when > 0)."""
+        return _U32.unpack_from(self.buf, self._slot_off(slot) + _EP_TIMEOUTS_OFF)[0]
+
+    def clear_dial_timeouts(self, slot: int) -> None:
+        _U32.pack_into(self.buf, self._slot_off(slot) + _EP_TIMEOUTS_OFF, 0)
 
     # -- round robin ---------------------------------------------------------------
     def next_rr(self) -> int:
@@ -291,8 +344,9 @@ class HealthTable:
             _, state, _ = _WK.unpack_from(self.buf, self._wk_off(index))
             if state == 0:
                 _WK.pack_into(self.buf, self._wk_off(index), pid, 1, time.time())
+                _F64.pack_into(self.buf, self._wk_off(index) + _WK_BEAT_OFF, 0.0)
                 return index
-        raise RuntimeError(f"no free worker slot (at most {self.max_workers} workers)")
+        raise NoWorkerSlot(f"no free worker slot (at most {self.max_workers} workers)")
 
     def set_worker_pid(self, index: int, pid: int) -> None:
         _WK.pack_into(self.buf, self._wk_off(index), pid, 1, time.time())
@@ -316,6 +370,14 @@ class HealthTable:
         seen = self._seen_base + index * _LOAD_ROW_SIZE  # read by no one until reused
         self.buf[seen:seen + _LOAD_ROW_SIZE] = bytes(_LOAD_ROW_SIZE)
         self.refresh_load()  # the dead worker's connections leave the aggregates now
+
+    def beat(self, index: int, now: float) -> None:
+        """Worker: show progress (its loop's tick); the master's watchdog reads it."""
+        _F64.pack_into(self.buf, self._wk_off(index) + _WK_BEAT_OFF, now)
+
+    def last_beat(self, index: int) -> float:
+        """The worker's latest tick (monotonic seconds), 0.0 before its first."""
+        return _F64.unpack_from(self.buf, self._wk_off(index) + _WK_BEAT_OFF)[0]
 
     def live_workers(self) -> dict[int, int]:
         """{worker slot: pid} of every slot in use."""

@@ -22,8 +22,8 @@ import psutil
 from gateway import log as gwlog
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, G_ACCEPTED,
-                            G_LIMITED, G_OPEN, G_REJECTED, GATEWAY, HealthTable,
-                            RosterEntry)
+                            G_LIMITED, G_OPEN, G_REJECTED, G_WORKER_TIMEOUTS, GATEWAY,
+                            HealthTable, RosterEntry)
 from gateway.httpd import Response
 
 logger = gwlog.get("metrics")
@@ -202,6 +202,10 @@ class MetricsApp:
         out.sample("desired_workers", {}, info.desired_workers)
         out.family("reloads_total", "counter", "Configuration reloads applied.")
         out.sample("reloads_total", {}, info.reloads_total)
+        out.family("worker_timeouts_total", "counter",
+                   "Workers killed and replaced by the watchdog (--worker-timeout).")
+        out.sample("worker_timeouts_total", {},
+                   table.counter(GATEWAY, G_WORKER_TIMEOUTS, rows=rows))
         out.family("build_info", "gauge", "Always 1; the version is a label.")
         out.sample("build_info", {"version": info.version}, 1)
 

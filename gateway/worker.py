@@ -68,7 +68,6 @@ logger = gwlog.get("worker")
 @dataclass(frozen=True)
 class WorkerSettings:
     dial_timeout: float
-    retry_delay: float
     shutdown_timeout: float
     log_level: str
     log_format: str
@@ -141,6 +140,7 @@ class Worker:
         self.pool = ChannelPool(use_splice)
         self.listener.setblocking(False)
         self._resume_accepting()
+        self.table.beat(self.index, time.monotonic())
         self.loop.call_later(TICK, self._tick)
         logger.debug("worker started", extra=gwlog.fields(worker=self.index, splice=use_splice))
         while self.state != STOPPED:
@@ -176,6 +176,7 @@ class Worker:
                                                 error=exc.strerror))
 
     def _tick(self) -> None:
+        self.table.beat(self.index, time.monotonic())  # the master's watchdog reads it
         if os.getppid() != self.master_pid:
             logger.warning("master is gone; worker exits",
                            extra=gwlog.fields(worker=self.index, master=self.master_pid))
@@ -431,7 +432,7 @@ class Worker:
         table.add_at(table.counter_offset(self.index, entry.slot, C_DIAL_FAILURES), 1)
         if table.mark_down(entry.slot, error):
             logger.warning("deactivated endpoint", extra=gwlog.fields(
-                address=entry.endpoint.address, interval=self.settings.retry_delay, error=error))
+                address=entry.endpoint.address, interval=table.retry_delay, error=error))
 
     def _reject(self, dial: Dial, reason: str) -> None:
         self.dials.discard(dial)
