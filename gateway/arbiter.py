@@ -214,7 +214,8 @@ class Arbiter:
     def _worker_settings(self) -> WorkerSettings:
         c = self.config
         return WorkerSettings(dial_timeout=c.dial_timeout,
-                              shutdown_timeout=c.shutdown_timeout, log_level=c.log_level,
+                              shutdown_timeout=c.shutdown_timeout, keepalive=c.keepalive,
+                              idle_timeout=c.idle_timeout, log_level=c.log_level,
                               log_format=c.log_format, log_file=c.log_file)
 
     # -- workers -----------------------------------------------------------------------

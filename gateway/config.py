@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
-from gateway import addresses, configfile
+from gateway import addresses, configfile, keepalive
 from gateway.durations import format_duration, parse_duration
 
 ENV_PREFIX = "ETCD_GATEWAY_"
@@ -44,6 +44,10 @@ def _duration_or_zero(text: str) -> float:
     if seconds < 0:
         raise ValueError("must not be negative")
     return seconds
+
+
+def _keepalive(text: str) -> float:
+    return keepalive.parse_seconds(parse_duration(text))
 
 
 def _bool(text: str | bool) -> bool:
@@ -238,6 +242,14 @@ OPTIONS: tuple[Option, ...] = (
            "A worker whose loop shows no progress for this long (stopped, spinning, "
            "blocked) is killed with SIGKILL and replaced (0 turns the watchdog off).",
            origin="new", metavar="DURATION"),
+    Option("keepalive", _keepalive, "15s",
+           "TCP keepalive on both legs: idle time before the first probe and between "
+           "probes, 9 probes (a vanished peer is dropped after 10x this: 2m30s at 15s, "
+           "the Go original's cadence); 0 = the kernel's defaults.", origin="new",
+           metavar="DURATION"),
+    Option("idle-timeout", _duration_or_zero, "0s",
+           "Close a session that moved no byte in either direction for this long "
+           "(0 = never; checked every half second).", origin="new", metavar="DURATION"),
     Option("shutdown-timeout", _duration, "30s",
            "On SIGTERM/SIGINT, how long open connections may drain before they are closed.",
            origin="new", metavar="DURATION"),
@@ -291,6 +303,8 @@ class Config:
     dial_timeout: float
     workers: int
     worker_timeout: float
+    keepalive: float
+    idle_timeout: float
     shutdown_timeout: float
     health_check: str
     health_check_interval: float

@@ -4,7 +4,8 @@ design: the master owns the listener for its whole life and hands it to every wo
 through fork; it never accepts on it. `:PORT` and `[::]:PORT` bind every interface,
 IPv4 and IPv6 (dual stack where the host has IPv6). TCP_NODELAY and SO_KEEPALIVE are
 set on the listener so accepted sockets inherit them (Linux copies them at accept),
-which saves two system calls per client on the hot path.
+which saves two system calls per client on the hot path; each worker sets the
+keepalive timers on it the same way (gateway/keepalive.py).
 """
 from __future__ import annotations
 

@@ -242,7 +242,8 @@ class Session:
     States: relaying (either direction open) -> finished (both done: closed cleanly)
     | reset (an error: closed hard)."""
     __slots__ = ("client", "upstream", "up", "down", "pool", "sync", "ended",
-                 "cmask", "umask", "slot", "started", "flushed_up", "flushed_down", "peer")
+                 "cmask", "umask", "slot", "started", "flushed_up", "flushed_down", "peer",
+                 "quiet_since")
 
     def __init__(self, client: int, upstream: int, pool: ChannelPool,
                  sync: Callable[["Session"], None]):
@@ -260,6 +261,7 @@ class Session:
         self.peer: tuple | None = None  # the client's address, kept for debug logs only
         self.flushed_up = 0    # bytes already added to the shared counters
         self.flushed_down = 0
+        self.quiet_since = 0.0  # monotonic second a quiet period began (worker-owned)
 
     # -- interest ------------------------------------------------------------------
     def client_interest(self) -> int:

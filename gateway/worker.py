@@ -35,6 +35,7 @@ import termios
 import time
 from dataclasses import dataclass
 
+from gateway import keepalive
 from gateway import log as gwlog
 from gateway.addresses import connect_error, join_host_port
 from gateway import picker
@@ -72,6 +73,8 @@ class WorkerSettings:
     log_level: str
     log_format: str
     log_file: str
+    keepalive: float = 15.0     # --keepalive (0: the kernel's defaults)
+    idle_timeout: float = 0.0   # --idle-timeout (0: never)
 
 
 class Dial:
@@ -109,6 +112,7 @@ class Worker:
         self._srv_policy = False
         self._sync_session = self._sync  # one bound method shared by every session
         self._debug = settings.log_level == "debug"
+        self._keepalive = keepalive.socket_options(settings.keepalive)
         self._accepting = Accepting.NO_FDS  # until run() opens it
         self._registered = False
         self._recheck: Timer | None = None
@@ -139,6 +143,7 @@ class Worker:
         use_splice = splice_works()
         self.pool = ChannelPool(use_splice)
         self.listener.setblocking(False)
+        keepalive.apply(self.listener, self._keepalive)  # inherited by accepted sockets
         self._resume_accepting()
         self.table.beat(self.index, time.monotonic())
         self.loop.call_later(TICK, self._tick)
@@ -182,8 +187,12 @@ class Worker:
                            extra=gwlog.fields(worker=self.index, master=self.master_pid))
             self.state = STOPPED
             return
+        idle_limit = self.settings.idle_timeout
+        now = time.monotonic()
         for session in self._live_sessions():
-            self._flush_bytes(session)
+            moved = self._flush_bytes(session)
+            if idle_limit:
+                self._close_if_idle(session, moved, now, idle_limit)
         assert self.pool is not None
         self.pool.trim()
         if self.state == DRAINING:
@@ -382,7 +391,8 @@ class Worker:
                 self._reject(dial, f"cannot open a socket: {exc.strerror}")
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for level, option, value in self._keepalive:
+                sock.setsockopt(level, option, value)
             dial.started = time.monotonic()
             err = sock.connect_ex(ep.sockaddr)
             if err == 0:
@@ -536,16 +546,32 @@ class Worker:
                 seen[id(callback)] = callback
         return list(seen.values())
 
-    def _flush_bytes(self, session: Session) -> None:
+    def _flush_bytes(self, session: Session) -> bool:
+        """Add the bytes moved since the last flush to the shared counters; True if
+        any moved."""
         table, slot = self.table, session.slot
-        delta = session.up.moved - session.flushed_up
-        if delta:
-            table.add_at(table.counter_offset(self.index, slot, C_BYTES_SENT), delta)
-            session.flushed_up += delta
-        delta = session.down.moved - session.flushed_down
-        if delta:
-            table.add_at(table.counter_offset(self.index, slot, C_BYTES_RECEIVED), delta)
-            session.flushed_down += delta
+        up = session.up.moved - session.flushed_up
+        if up:
+            table.add_at(table.counter_offset(self.index, slot, C_BYTES_SENT), up)
+            session.flushed_up += up
+        down = session.down.moved - session.flushed_down
+        if down:
+            table.add_at(table.counter_offset(self.index, slot, C_BYTES_RECEIVED), down)
+            session.flushed_down += down
+        return bool(up or down)
+
+    def _close_if_idle(self, session: Session, moved: bool, now: float, limit: float) -> None:
+        """--idle-timeout, checked on the tick from the byte counts the tick flushes
+        anyway: no timer and no clock read per event. A quiet period starts at the
+        first tick that saw no byte move either way (the last byte moved before it),
+        so a session is closed only after at least `limit` of silence both ways."""
+        if moved:
+            session.quiet_since = 0.0
+        elif not session.quiet_since:
+            session.quiet_since = now
+        elif now - session.quiet_since >= limit:
+            session.ended = f"idle timeout: no byte either way for {limit:g}s"
+            self._finish(session)
 
     def _address_of(self, slot: int) -> str:
         for entry in self._roster:
