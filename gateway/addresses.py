@@ -119,6 +119,56 @@ def parse_listen_addr(text: str) -> HostPort:
     return _split(text, None)
 
 
+# -- listen addresses: TCP or a unix socket ---------------------------------------------
+UNIX_SCHEME = "unix://"
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
+
+
+@dataclass(frozen=True)
+class UnixPath:
+    """A unix socket listen address: `unix:///run/etcd-gatewayd/gateway.sock`."""
+    path: str  # absolute
+
+    def __str__(self) -> str:
+        return UNIX_SCHEME + self.path
+
+
+ListenAddr = HostPort | UnixPath
+
+
+def parse_listen_target(text: str) -> ListenAddr:
+    """One listen address: `host:port`, `[v6]:port`, `:port`, or `unix:///abs/path`."""
+    text = text.strip()
+    if text.startswith(UNIX_SCHEME):
+        path = text[len(UNIX_SCHEME):]
+        if not path.startswith("/"):
+            raise ValueError(f"unix socket path in {text!r} must be absolute "
+                             "(unix:///run/etcd-gatewayd/gateway.sock)")
+        if path.endswith("/") or "\0" in path:
+            raise ValueError(f"bad unix socket path in {text!r}")
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise ValueError(f"unix socket path in {text!r} is longer than "
+                             f"{UNIX_PATH_MAX} bytes")
+        return UnixPath(os.path.normpath(path))
+    return parse_listen_addr(text)
+
+
+def parse_listen_list(values: list[str]) -> list[ListenAddr]:
+    """Listen addresses separated by commas, repeatable; duplicates removed, order kept."""
+    seen: dict[ListenAddr, None] = {}
+    for value in values:
+        for item in value.split(","):
+            if item.strip():
+                seen.setdefault(parse_listen_target(item), None)
+    if not seen:
+        raise ValueError("no listen address given")
+    return list(seen)
+
+
+def tcp_listen_addrs(addrs: tuple[ListenAddr, ...] | list[ListenAddr]) -> list[HostPort]:
+    return [a for a in addrs if isinstance(a, HostPort)]
+
+
 @dataclass(frozen=True)
 class Resolved:
     """One socket address a worker can connect to (or the master can bind)."""

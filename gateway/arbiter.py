@@ -1,4 +1,4 @@
-"""The master process: owns the listener, the health table and the workers.
+"""The master process: owns the listeners, the health table and the workers.
 
 design: single-threaded, on its own small loop. Signal handlers only record (see
 loop.py); `on_signal` changes the desired state and one `manage_workers()` makes
@@ -17,12 +17,13 @@ import collections
 import os
 import resource
 import signal
-import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import config as gwconfig
 from gateway import __version__, discovery, listeners, sysd
+from gateway.addresses import ListenAddr
 from gateway import log as gwlog
 from gateway.health import (G_WORKER_TIMEOUTS, GATEWAY, LOAD_REFRESH, RFC2782, ROUND_ROBIN,
                             Balance, HealthTable, NoWorkerSlot)
@@ -80,7 +81,8 @@ class Arbiter:
         self.pid = os.getpid()
         self.loop = Loop(on_error=self._handler_failed)
         self.table = HealthTable()
-        self.listener: socket.socket | None = None
+        self.listeners: list[listeners.Listener] = []
+        self._socket_activated = False  # listeners from systemd: --listen-addr not used
         self.checker = Checker(self.loop, self.table, _check_policy(self.config))
         self.desired_workers = self.config.workers
         self._deaths: collections.deque[float] = collections.deque()
@@ -117,9 +119,15 @@ class Arbiter:
         except discovery.DiscoveryError as exc:
             raise FatalError(str(exc)) from None
         endpoints = roster.endpoints
-        self.listener = self._open_listener()
+        self.listeners = self._open_listeners()
+        try:
+            return self._serve(endpoints, roster.policy)
+        finally:
+            self._close_listeners()  # unix socket files are removed on every way out
+
+    def _serve(self, endpoints: list, policy: int) -> int:
         self.http = self._open_metrics(self.config.metrics_addr)
-        self.table.publish(endpoints, roster.policy)
+        self.table.publish(endpoints, policy)
         self._set_load_policy(self.config)
         self._refresh_load()
         self.table.set_retry_delay(self.config.retry_delay)
@@ -128,7 +136,7 @@ class Arbiter:
         self.manage_workers()
         logger.info("ready to proxy client requests", extra=gwlog.fields(
             endpoints=[ep.address for ep in endpoints],
-            **{"listen-addr": listeners.bound_address(self.listener),
+            **{"listen-addr": ",".join(lst.label for lst in self.listeners),
                "workers": self.desired_workers}))
         sysd.notify("READY=1\nMAINPID=%d" % self.pid)
         self.checker.start()
@@ -170,19 +178,61 @@ class Arbiter:
                 logger.warning("cannot raise open-files limit", extra=gwlog.fields(
                     soft=soft, hard=hard, error=str(exc)))
 
-    def _open_listener(self) -> socket.socket:
+    # -- listeners ---------------------------------------------------------------------
+    def _open_listeners(self) -> list[listeners.Listener]:
+        """systemd's sockets when socket-activated (all of them, as they are), else one
+        listener per --listen-addr; FatalError (having closed what it opened) if one
+        cannot be bound."""
         try:
-            adopted = listeners.systemd_listener(self.environ)
+            adopted = listeners.systemd_listeners(self.environ)
+            for lst in adopted:
+                self._claim_listener_slot(lst)
+                logger.info("adopted listener from systemd",
+                            extra=gwlog.fields(address=lst.label))
         except listeners.ListenError as exc:
             raise FatalError(str(exc)) from None
-        if adopted is not None:
-            logger.info("adopted listener from systemd", extra=gwlog.fields(
-                address=listeners.bound_address(adopted)))
+        if adopted:
+            self._socket_activated = True
+            if "listen-addr" in self.config.sources:
+                logger.info("ignoring --listen-addr: listening where systemd's socket unit "
+                            "says (socket activation)")
             return adopted
+        opened: list[listeners.Listener] = []
         try:
-            return listeners.bind(self.config.listen_addr)
+            for addr in self.config.listen_addr:
+                opened.append(self._bind(addr, self.config))
         except listeners.ListenError as exc:
+            for lst in opened:
+                self._close_listener(lst)
             raise FatalError(str(exc)) from None
+        return opened
+
+    def _bind(self, addr: ListenAddr, config: gwconfig.Config) -> listeners.Listener:
+        lst = listeners.open_listener(addr, int(config.listen_socket_mode, 8),
+                                      config.listen_socket_group)
+        try:
+            self._claim_listener_slot(lst)
+        except listeners.ListenError:
+            lst.close()
+            raise
+        return lst
+
+    def _claim_listener_slot(self, lst: listeners.Listener) -> None:
+        try:
+            lst.slot = self.table.claim_listener_slot()
+        except ValueError as exc:
+            raise listeners.ListenError(f"option --listen-addr: {exc}") from None
+
+    def _close_listener(self, lst: listeners.Listener) -> None:
+        lst.close()
+        if lst.slot >= 0:
+            self.table.release_listener_slot(lst.slot)
+            lst.slot = -1
+
+    def _close_listeners(self) -> None:
+        """Stop listening everywhere (idempotent): new connects are refused."""
+        for lst in self.listeners:
+            self._close_listener(lst)
 
     def _open_metrics(self, addr) -> HttpServer | None:
         """The HTTP server for /metrics, /health, /endpoints, or None when off."""
@@ -198,6 +248,7 @@ class Arbiter:
     def gateway_info(self) -> GatewayInfo:
         """What the metrics need from the master (called at each scrape)."""
         return GatewayInfo(workers={r.index: pid for pid, r in self.workers.items()},
+                           listeners={lst.slot: lst.label for lst in self.listeners},
                            desired_workers=self.desired_workers, reloads_total=self.reloads,
                            cpu_offsets=dict(self.cpu_offsets), version=__version__,
                            draining=self.state != RUNNING)
@@ -239,7 +290,6 @@ class Arbiter:
 
     def _spawn(self) -> bool:
         """Fork one worker; False (and a retry scheduled) when the fork failed."""
-        assert self.listener is not None
         try:
             index = self.table.claim_worker_slot(0)
         except NoWorkerSlot:
@@ -296,8 +346,7 @@ class Arbiter:
             self.loop.close()
             for signum in HANDLED:
                 signal.signal(signum, signal.SIG_DFL)
-            assert self.listener is not None
-            status = Worker(index, self.listener, self.table, settings, self.pid).run()
+            status = Worker(index, self.listeners, self.table, settings, self.pid).run()
         except BaseException:  # noqa: B902 - a worker must never return into the master
             logger.exception("worker failed", extra=gwlog.fields(worker=index))
         finally:
@@ -436,8 +485,7 @@ class Arbiter:
         workers finish their sessions within the shutdown timeout, then exit 0."""
         self.state = DRAINING
         sysd.notify("STOPPING=1")
-        if self.listener is not None:
-            self.listener.close()
+        self._close_listeners()
         self._kill_workers(signal.SIGTERM)
         self._stop_deadline = time.monotonic() + self.config.shutdown_timeout + KILL_GRACE
         logger.info("draining connections", extra=gwlog.fields(
@@ -451,8 +499,7 @@ class Arbiter:
             return
         self._quitting = True
         self.state = DRAINING
-        if self.listener is not None and self.listener.fileno() >= 0:
-            self.listener.close()
+        self._close_listeners()
         self._kill_workers(signal.SIGQUIT)
         self._stop_deadline = time.monotonic() + QUIT_GRACE
         logger.info("stopping now", extra=gwlog.fields(signal=why, workers=len(self.workers)))
@@ -504,10 +551,16 @@ class Arbiter:
             if new.metrics_addr != old.metrics_addr:
                 plan.http = self._open_metrics(new.metrics_addr)
                 plan.http_changed = True
-            if new.listen_addr != old.listen_addr:
-                plan.listener = listeners.bind(new.listen_addr)
+            if not self._socket_activated:
+                # bind first: the new listeners exist before the dropped ones close
+                kept = {lst.addr for lst in self.listeners}
+                for addr in new.listen_addr:
+                    if addr not in kept:
+                        plan.added.append(self._bind(addr, new))
+                plan.dropped = [lst for lst in self.listeners
+                                if lst.addr not in new.listen_addr]
         except BaseException:
-            plan.discard()
+            plan.discard(self._close_listener)
             raise
         return plan
 
@@ -517,13 +570,7 @@ class Arbiter:
             if self.http is not None:
                 self.http.close()
             self.http = plan.http
-        if plan.listener is not None:
-            # the old listener is closed before forking, or the new workers would inherit
-            # it and keep the old port open; retiring workers close their own copies
-            old_listener, self.listener = self.listener, plan.listener
-            self._listener_gen += 1
-            assert old_listener is not None
-            old_listener.close()
+        self._apply_listeners(plan, old, new)
         self.reloads += 1
         old_addresses = [e.endpoint.address for e in self.table.roster()]
         if plan.endpoints is not None:
@@ -545,6 +592,33 @@ class Arbiter:
         if new.discovery_srv:
             self._start_srv_refresh()
         self._schedule_srv_refresh()
+
+    def _apply_listeners(self, plan: _ReloadPlan, old: gwconfig.Config,
+                         new: gwconfig.Config) -> None:
+        """Install the listeners a reload bound and close the dropped ones. Dropped ones
+        are closed before forking, or the new workers would inherit them and keep the
+        old address open; retiring workers close their own copies when they drain.
+        Connections already accepted on a dropped listener are untouched."""
+        if plan.added or plan.dropped:
+            for lst in plan.dropped:
+                self._close_listener(lst)
+                logger.info("stopped listening", extra=gwlog.fields(address=lst.label))
+            for lst in plan.added:
+                logger.info("listening", extra=gwlog.fields(address=lst.label))
+            self.listeners = [lst for lst in self.listeners
+                              if lst not in plan.dropped] + plan.added
+            self._listener_gen += 1
+        if self._socket_activated and new.listen_addr != old.listen_addr:
+            logger.warning("ignoring --listen-addr: listening where systemd's socket unit "
+                           "says (socket activation)")
+        if (new.listen_socket_mode, new.listen_socket_group) != (
+                old.listen_socket_mode, old.listen_socket_group):
+            for lst in self.listeners:
+                try:
+                    lst.set_permissions(int(new.listen_socket_mode, 8), new.listen_socket_group)
+                except (OSError, ValueError) as exc:
+                    logger.error("cannot change a unix socket's permissions", extra=gwlog.fields(
+                        address=lst.label, error=getattr(exc, "strerror", None) or str(exc)))
 
     # -- SRV refresh -------------------------------------------------------------------
     def _schedule_srv_refresh(self) -> None:
@@ -599,14 +673,15 @@ class _ReloadPlan:
     def __init__(self, config: gwconfig.Config, endpoints: list | None):
         self.config = config
         self.endpoints = endpoints
-        self.listener: socket.socket | None = None
+        self.added: list[listeners.Listener] = []    # bound for this reload
+        self.dropped: list[listeners.Listener] = []  # to close when it is applied
         self.http: HttpServer | None = None
         self.http_changed = False
 
-    def discard(self) -> None:
+    def discard(self, close_listener: Callable[[listeners.Listener], None]) -> None:
         """Close what was opened for a plan that will not be applied."""
-        if self.listener is not None:
-            self.listener.close()
+        for lst in self.added:
+            close_listener(lst)
         if self.http is not None:
             self.http.close()
 

@@ -15,7 +15,7 @@ import sys
 from gateway import __version__, earlysignals
 from gateway import config as gwconfig
 from gateway import log as gwlog
-from gateway.addresses import HostPort
+from gateway.addresses import HostPort, tcp_listen_addrs
 
 PROG = "etcd-gatewayd"
 
@@ -96,8 +96,8 @@ def check_config(config: gwconfig.Config) -> int:
     except discovery.DiscoveryError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    for option, addr in (("--listen-addr", config.listen_addr),
-                         ("--metrics-addr", config.metrics_addr)):
+    for option, addr in [*(("--listen-addr", a) for a in tcp_listen_addrs(config.listen_addr)),
+                         ("--metrics-addr", config.metrics_addr)]:
         problem = _unresolvable(addr)
         if addr is not None and problem:
             print(f"{PROG}: option {option}: cannot resolve {addr}: {problem}",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
-from gateway import addresses, configfile, keepalive
+from gateway import addresses, configfile, keepalive, listeners
 from gateway.durations import format_duration, parse_duration
 
 ENV_PREFIX = "ETCD_GATEWAY_"
@@ -148,8 +148,24 @@ def _srv_service_name(text: str) -> str:
     return name
 
 
-def _listen_addr(text: str) -> addresses.HostPort:
-    return addresses.parse_listen_addr(text)
+def _listen_addrs(values: list[str]) -> tuple[addresses.ListenAddr, ...]:
+    return tuple(addresses.parse_listen_list(values))
+
+
+def _socket_mode(text: str) -> str:
+    """Octal permission bits of a unix socket file, e.g. 0660; kept as written (octal)."""
+    value = text.strip().lower().removeprefix("0o")
+    if not value or any(c not in "01234567" for c in value) or int(value, 8) > 0o777:
+        raise ValueError("want octal permission bits, e.g. 0660")
+    return f"0{int(value, 8):03o}"
+
+
+def _socket_group(text: str) -> str:
+    """A group name or number that exists (empty: the gateway's own group)."""
+    value = text.strip()
+    if value:
+        listeners.group_id(value)
+    return value
 
 
 def _endpoint_list(values: list[str]) -> list[addresses.HostPort]:
@@ -206,9 +222,16 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("listen-addr", _listen_addr, "127.0.0.1:23790",
-           "Address to listen on: host:port, [v6]:port, or :port for every interface.",
-           metavar="HOST:PORT"),
+    Option("listen-addr", _listen_addrs, "127.0.0.1:23790",
+           "Addresses to listen on, comma-separated, repeatable: host:port, [v6]:port, "
+           ":port for every interface, or unix:///path for a unix socket.",
+           repeatable=True, metavar="ADDR,..."),
+    Option("listen-socket-mode", _socket_mode, "0660",
+           "Permission bits of unix socket files (octal): who may connect.",
+           origin="new", metavar="MODE"),
+    Option("listen-socket-group", _socket_group, "",
+           "Group (name or number) of unix socket files (default: the gateway's group).",
+           origin="new", metavar="GROUP"),
     Option("endpoints", _endpoint_list, "127.0.0.1:2379",
            "etcd members to relay to: comma-separated, repeatable; host[:port], port "
            "2379 when omitted; IPv6 as [::1]:2379. No scheme: TLS passes through.",
@@ -291,7 +314,9 @@ OPTIONS_BY_NAME = {opt.name: opt for opt in OPTIONS}
 
 @dataclass(frozen=True)
 class Config:
-    listen_addr: addresses.HostPort
+    listen_addr: tuple[addresses.ListenAddr, ...]
+    listen_socket_mode: str
+    listen_socket_group: str
     endpoints: tuple[addresses.HostPort, ...]
     discovery_srv: str
     discovery_srv_name: str

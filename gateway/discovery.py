@@ -62,11 +62,11 @@ def discover_srv(config: Config) -> srv.Discovery:
     found = srv.discover(config.discovery_srv, config.discovery_srv_name,
                          config.insecure_discovery, config.trusted_ca_file,
                          config.discovery_srv_resolver, max(DNS_TIMEOUT, config.dial_timeout))
-    listen_resolved = _listen_resolved(config)
+    listens = _listen_resolved(config)
     kept = []
     for ep in found.endpoints:
         target = addresses.Resolved(ep.family, ep.sockaddr)
-        if addresses.listen_addrs_cover(config.listen_addr, listen_resolved, target):
+        if _own_listener(listens, target) is not None:
             found.errors.append(f"{ep.label} resolves to {ep.address}, the gateway's own "
                                 "--listen-addr: dropped")
         else:
@@ -80,17 +80,29 @@ def discover_srv(config: Config) -> srv.Discovery:
     return found
 
 
-def _listen_resolved(config: Config) -> list[addresses.Resolved]:
-    try:
-        return addresses.resolve(config.listen_addr, passive=True)
-    except (OSError, UnicodeError):
-        return []
+def _listen_resolved(config: Config) -> list[tuple[addresses.HostPort, list[addresses.Resolved]]]:
+    """Each TCP listen address with what it binds (a unix socket cannot be dialled)."""
+    out = []
+    for listen in addresses.tcp_listen_addrs(config.listen_addr):
+        try:
+            out.append((listen, addresses.resolve(listen, passive=True)))
+        except (OSError, UnicodeError):
+            out.append((listen, []))
+    return out
+
+
+def _own_listener(listens: list[tuple[addresses.HostPort, list[addresses.Resolved]]],
+                  target: addresses.Resolved) -> addresses.HostPort | None:
+    """The gateway's own listen address that `target` would reach, if any."""
+    for listen, resolved in listens:
+        if addresses.listen_addrs_cover(listen, resolved, target):
+            return listen
+    return None
 
 
 def resolve_static(config: Config) -> list[Endpoint]:
     """The `--endpoints` list as roster entries; ConfigError names the bad one."""
-    listen = config.listen_addr
-    listen_resolved = _listen_resolved(config)
+    listens = _listen_resolved(config)
     out: dict[tuple, Endpoint] = {}
     for hp in config.endpoints:
         try:
@@ -102,7 +114,8 @@ def resolve_static(config: Config) -> list[Endpoint]:
             raise ConfigError(f"option --endpoints: {str(hp)!r} resolves to no address")
         target = sorted(found, key=lambda r: r.family != socket.AF_INET)[0]
         for candidate in found:
-            if addresses.listen_addrs_cover(listen, listen_resolved, candidate):
+            listen = _own_listener(listens, candidate)
+            if listen is not None:
                 raise ConfigError(
                     f"option --endpoints: {str(hp)!r} resolves to {candidate}, the "
                     f"gateway's own --listen-addr {listen}: it would relay to itself")

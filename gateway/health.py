@@ -97,8 +97,13 @@ GATEWAY = MAX_ENDPOINTS  # the column of gateway-wide counters
 # the times a worker stopped accepting because --max-connections was reached
 G_ACCEPTED, G_REJECTED, G_OPEN, G_LIMITED = range(4)
 G_WORKER_TIMEOUTS = 8  # master's row: workers killed by the watchdog (--worker-timeout)
+# listener columns (after GATEWAY): per listener counters; the master hands out the
+# columns (`claim_listener_slot`) and knows their labels
+MAX_LISTENERS = 16
+LISTENER0 = MAX_ENDPOINTS + 1  # the column of listener slot 0
+L_ACCEPTED, L_DENIED = range(2)
 _COLUMN_SIZE = N_COUNTERS * 8
-_ROW_SIZE = (MAX_ENDPOINTS + 1) * _COLUMN_SIZE
+_ROW_SIZE = (MAX_ENDPOINTS + 1 + MAX_LISTENERS) * _COLUMN_SIZE
 _LOAD_ROW = MAX_ENDPOINTS + 1  # u64 cells per load row: endpoints, then gateway open
 _LOAD_ROW_SIZE = _LOAD_ROW * 8
 
@@ -155,6 +160,8 @@ class HealthTable:
         self._words = memoryview(self.buf).cast("Q")  # the same bytes as u64 cells
         _HEADER.pack_into(self.buf, 0, MAGIC, 1, 0, 0)
         self._cursor = 0  # master-private: where the next free-slot search starts
+        self._listener_slots: set[int] = set()  # master-private: listener columns in use
+        self._listener_cursor = 0
 
     # -- roster (master writes, everyone reads) -------------------------------------
     @property
@@ -356,7 +363,8 @@ class HealthTable:
         Gauges (active connections) are not carried: the dead worker's are gone."""
         row = self._row_off(index)
         retired = self._row_off(self.retired_row)
-        for column in [*range(self.max_endpoints), GATEWAY]:
+        for column in [*range(self.max_endpoints), GATEWAY,
+                       *range(LISTENER0, LISTENER0 + MAX_LISTENERS)]:
             for c in range(N_COUNTERS):
                 if c == (G_OPEN if column == GATEWAY else C_ACTIVE):
                     continue  # a gauge
@@ -387,6 +395,24 @@ class HealthTable:
             if state == 1:
                 out[index] = pid
         return out
+
+    # -- listener columns (master) -------------------------------------------------
+    def claim_listener_slot(self) -> int:
+        """A listener column for a new listener, its counters at zero. Taken in a
+        cycle, so a column freed by a reload is the last to be reused."""
+        for step in range(MAX_LISTENERS):
+            slot = (self._listener_cursor + step) % MAX_LISTENERS
+            if slot not in self._listener_slots:
+                self._listener_slots.add(slot)
+                self._listener_cursor = (slot + 1) % MAX_LISTENERS
+                for row in range(self.max_workers + 2):
+                    base = self._ctr_base + row * _ROW_SIZE + (LISTENER0 + slot) * _COLUMN_SIZE
+                    self.buf[base:base + _COLUMN_SIZE] = bytes(_COLUMN_SIZE)
+                return slot
+        raise ValueError(f"at most {MAX_LISTENERS} listeners")
+
+    def release_listener_slot(self, slot: int) -> None:
+        self._listener_slots.discard(slot)
 
     # -- counters ------------------------------------------------------------------
     def _row_off(self, row: int) -> int:

@@ -23,7 +23,7 @@ from gateway import log as gwlog
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, G_ACCEPTED,
                             G_LIMITED, G_OPEN, G_REJECTED, G_WORKER_TIMEOUTS, GATEWAY,
-                            HealthTable, RosterEntry)
+                            L_ACCEPTED, LISTENER0, HealthTable, RosterEntry)
 from gateway.httpd import Response
 
 logger = gwlog.get("metrics")
@@ -52,6 +52,7 @@ _ENDPOINT_COUNTERS = (
 class GatewayInfo:
     """What only the master knows, as of one request."""
     workers: dict[int, int] = field(default_factory=dict)       # worker index -> pid
+    listeners: dict[int, str] = field(default_factory=dict)     # listener slot -> label
     desired_workers: int = 0
     reloads_total: int = 0
     cpu_offsets: dict[int, float] = field(default_factory=dict)  # index -> dead CPU s
@@ -186,6 +187,7 @@ class MetricsApp:
         out.family("rejected_connections_total", "counter",
                    "Client connections closed at once (no endpoint up, or overload).")
         out.sample("rejected_connections_total", {}, table.counter(GATEWAY, G_REJECTED, rows=rows))
+        self._listener_metrics(out, info, rows)
         out.family("open_connections", "gauge",
                    "Client connections held now across all workers (dialling or relayed).")
         out.sample("open_connections", {}, table.counter(GATEWAY, G_OPEN, rows=rows))
@@ -241,6 +243,14 @@ class MetricsApp:
             out.sample(name + "_bucket", {**lab, "le": "+Inf"}, count)
             out.sample(name + "_sum", lab, float(total))
             out.sample(name + "_count", lab, count)
+
+    def _listener_metrics(self, out: Exposition, info: GatewayInfo, rows: list[int]) -> None:
+        table = self.table
+        out.family("listener_accepted_connections_total", "counter",
+                   "Client connections accepted on the listener.")
+        for slot, label in sorted(info.listeners.items()):
+            out.sample("listener_accepted_connections_total", {"listener": label},
+                       table.counter(LISTENER0 + slot, L_ACCEPTED, rows=rows))
 
     def _worker_metrics(self, out: Exposition, info: GatewayInfo, slots: list[int]) -> None:
         table = self.table

@@ -258,7 +258,7 @@ class Session:
         self.umask = 0         # interest registered for the upstream (worker-owned)
         self.slot = -1         # the member's slot in the health table (worker-owned)
         self.started = 0.0
-        self.peer: tuple | None = None  # the client's address, kept for debug logs only
+        self.peer: tuple | str | None = None  # the client's address, kept for debug logs only
         self.flushed_up = 0    # bytes already added to the shared counters
         self.flushed_down = 0
         self.quiet_since = 0.0  # monotonic second a quiet period began (worker-owned)

@@ -1,8 +1,10 @@
 """A worker process: accepts clients, dials members with failover, relays sessions.
 
 design: everything here happens after fork, in one thread, on the worker's own loop.
-The listener is shared with the other workers (the kernel hands each connection to
-one of them); accepts run in bounded batches. For each client the worker asks the
+The listeners (TCP and unix, from listeners.py) are shared with the other workers
+(the kernel hands each connection to one of them); one accept path serves them all,
+in bounded batches, and counts accepts per listener. A client of a unix listener has
+no TCP options: nothing here sets or assumes one on a client socket. For each client the worker asks the
 picker for an ordered list of members and dials them in turn with a non-blocking
 connect bounded by `dial_timeout`; a failure marks the member down in the shared table
 (every worker sees it at once) and the next candidate is tried for the same client.
@@ -41,7 +43,9 @@ from gateway.addresses import connect_error, join_host_port
 from gateway import picker
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, G_ACCEPTED, G_LIMITED, G_OPEN, G_REJECTED,
-                            GATEWAY, RFC2782, Balance, HealthTable, RosterEntry)
+                            GATEWAY, L_ACCEPTED, LISTENER0, RFC2782, Balance,
+                            HealthTable, RosterEntry)
+from gateway.listeners import Kind, Listener
 from gateway.loop import READ, WRITE, Loop, Timer, set_interest
 from gateway.relay import ChannelPool, Session, close_fd, splice_works
 
@@ -83,7 +87,7 @@ class Dial:
     __slots__ = ("client", "peer", "candidates", "next", "sock", "entry", "timer",
                  "started")
 
-    def __init__(self, client: int, peer: tuple, candidates: list[RosterEntry]):
+    def __init__(self, client: int, peer: tuple | str, candidates: list[RosterEntry]):
         self.client = client
         self.peer = peer
         self.candidates = candidates
@@ -95,10 +99,13 @@ class Dial:
 
 
 class Worker:
-    def __init__(self, index: int, listener: socket.socket, table: HealthTable,
+    def __init__(self, index: int, listeners: list[Listener], table: HealthTable,
                  settings: WorkerSettings, master_pid: int):
         self.index = index
-        self.listener = listener
+        self.listeners = listeners
+        # fd -> (listener, offset of its accepted counter): the accept path's lookup
+        self._doors = {lst.fileno(): (lst, table.counter_offset(
+            index, LISTENER0 + lst.slot, L_ACCEPTED)) for lst in listeners}
         self.table = table
         self.settings = settings
         self.master_pid = master_pid
@@ -142,8 +149,9 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         use_splice = splice_works()
         self.pool = ChannelPool(use_splice)
-        self.listener.setblocking(False)
-        keepalive.apply(self.listener, self._keepalive)  # inherited by accepted sockets
+        for lst in self.listeners:
+            lst.sock.setblocking(False)
+            keepalive.apply(lst.sock, self._keepalive)  # inherited by accepted sockets
         self._resume_accepting()
         self.table.beat(self.index, time.monotonic())
         self.loop.call_later(TICK, self._tick)
@@ -207,14 +215,14 @@ class Worker:
         self.loop.call_later(TICK, self._tick)
 
     def begin_drain(self) -> None:
-        """Stop accepting (close this worker's copy of the listener) and let open
+        """Stop accepting (close this worker's copies of the listeners) and let open
         sessions finish, for at most the shutdown timeout."""
         if self.state != SERVING:
             return
         self.state = DRAINING
         self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
         self._set_accepting(Accepting.CLOSED)
-        self.listener.close()
+        self._close_listeners()
         logger.debug("worker draining", extra=gwlog.fields(
             worker=self.index, connections=self.session_count + len(self.dials)))
         self._stop_if_drained()
@@ -232,8 +240,12 @@ class Worker:
             self._finish(session)
         if self.pool is not None:
             self.pool.close()
-        if self.listener.fileno() >= 0:
-            self.listener.close()
+        self._close_listeners()
+
+    def _close_listeners(self) -> None:
+        """Close this worker's copies (the socket files are the master's to remove)."""
+        for lst in self.listeners:
+            lst.sock.close()
 
     # -- accepting -------------------------------------------------------------------
     def _set_accepting(self, state: Accepting) -> None:
@@ -241,10 +253,11 @@ class Worker:
         assert self.loop is not None
         want = state == Accepting.OPEN
         if want != self._registered:
-            if want:
-                self.loop.selector.register(self.listener.fileno(), READ, self._on_acceptable)
-            else:
-                self.loop.selector.unregister(self.listener.fileno())
+            for fd in self._doors:
+                if want:
+                    self.loop.selector.register(fd, READ, self._on_acceptable)
+                else:
+                    self.loop.selector.unregister(fd)
             self._registered = want
         self._accepting = state
 
@@ -296,7 +309,9 @@ class Worker:
     def _on_acceptable(self, fd: int, mask: int) -> None:
         # _accept() is socket.accept() without the socket object: the session keeps
         # raw fds (see relay.py), so building one per client would only be thrown away
-        accept = self.listener._accept  # type: ignore[attr-defined]
+        door, accepted_at = self._doors[fd]
+        accept = door.sock._accept  # type: ignore[attr-defined]
+        unix = door.kind == Kind.UNIX
         accepted = 0
         limited = bool(self.table.max_connections)
         for _ in range(ACCEPT_BATCH):
@@ -317,11 +332,12 @@ class Worker:
                 break
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, _ONE)
-            self._start_dial(client, addr)
+            self._start_dial(client, door.label if unix else addr)
             if self.state != SERVING or self._accepting != Accepting.OPEN:
                 break
         if accepted:
             self.table.add_at(self._accepted_at, accepted)
+            self.table.add_at(accepted_at, accepted)
             self.table.set_at(self._open_at, self._open_count())
 
     def _out_of_descriptors(self, exc: OSError) -> None:
@@ -361,7 +377,7 @@ class Worker:
             return picker.rfc2782(roster, up, _priority, _weight, random.random)
         return picker.round_robin(roster, up, table.next_rr())
 
-    def _start_dial(self, client: int, addr: tuple) -> None:
+    def _start_dial(self, client: int, addr: tuple | str) -> None:
         roster = self._current_roster()
         table = self.table
         up = [table.is_up(e.slot) for e in roster]
@@ -588,7 +604,10 @@ def _weight(entry: RosterEntry) -> int:
     return entry.endpoint.weight
 
 
-def _address(addr: tuple | None) -> str:
+def _address(addr: tuple | str | None) -> str:
+    """A client's address: host:port, or a unix listener's label."""
+    if isinstance(addr, str):
+        return addr
     return join_host_port(addr[0], addr[1]) if addr else "-"
 
 

@@ -43,6 +43,9 @@ def assert_refused(args, *words, env=None):
     (["--max-connections=-1"], ["--max-connections", "-1"]),
     (["--max-connections=lots"], ["--max-connections", "lots"]),
     (["--balance=random"], ["--balance", "random", "least-connections"]),
+    (["--listen-addr=unix://run/gw.sock"], ["--listen-addr", "unix://run/gw.sock", "absolute"]),
+    (["--listen-socket-mode=0999"], ["--listen-socket-mode", "0999", "octal"]),
+    (["--listen-socket-group=no-such-group"], ["--listen-socket-group", "no-such-group"]),
 ])
 def test_bad_values_exit_2_with_one_line_naming_option_and_value(args, words):
     assert_refused(args, *words)

@@ -17,7 +17,7 @@ def refused(*argv, env=None) -> str:
 
 def test_defaults_match_the_original_gateway():
     c = load()
-    assert c.listen_addr == HostPort("127.0.0.1", 23790)
+    assert c.listen_addr == (HostPort("127.0.0.1", 23790),)
     assert c.endpoints == (HostPort("127.0.0.1", 2379),)
     assert c.retry_delay == 60.0
     assert c.insecure_discovery is False
@@ -53,11 +53,11 @@ def test_endpoint_without_port_means_2379():
 def test_ipv6_literals_work_for_endpoints_and_listen_address():
     c = load("--endpoints=[::1]:2379,[::1]", "--listen-addr=[::1]:23790")
     assert c.endpoints == (HostPort("::1", 2379),)
-    assert c.listen_addr == HostPort("::1", 23790)
+    assert c.listen_addr == (HostPort("::1", 23790),)
 
 
 def test_empty_listen_host_means_every_interface():
-    assert load("--listen-addr=:23790").listen_addr == HostPort("", 23790)
+    assert load("--listen-addr=:23790").listen_addr == (HostPort("", 23790),)
 
 
 @pytest.mark.parametrize("value", ["true", "false", "1", "0"])
@@ -134,7 +134,7 @@ def test_config_file_keys_are_long_flag_names(tmp_path):
                     "retry-delay = 5s\ninsecure-discovery = true\n")
     c = load("-c", str(path))
     assert c.endpoints == (HostPort("a", 2379), HostPort("b", 2379))
-    assert c.listen_addr == HostPort("127.0.0.1", 23791)
+    assert c.listen_addr == (HostPort("127.0.0.1", 23791),)
     assert c.retry_delay == 5.0
     assert c.insecure_discovery is True
 
@@ -142,7 +142,7 @@ def test_config_file_keys_are_long_flag_names(tmp_path):
 def test_environment_variables_use_the_etcd_gateway_prefix():
     c = load(env={"ETCD_GATEWAY_LISTEN_ADDR": "127.0.0.1:1234",
                   "ETCD_GATEWAY_ENDPOINTS": "x:1,y:2"})
-    assert c.listen_addr == HostPort("127.0.0.1", 1234)
+    assert c.listen_addr == (HostPort("127.0.0.1", 1234),)
     assert c.endpoints == (HostPort("x", 1), HostPort("y", 2))
 
 

@@ -2,7 +2,9 @@
 import os
 import socket
 
+from gateway.addresses import HostPort
 from gateway.health import C_ACTIVE, Endpoint, HealthTable
+from gateway.listeners import open_listener
 from gateway.loop import Loop
 from gateway.relay import ChannelPool, Session
 from gateway.worker import SERVING, Worker, WorkerSettings
@@ -22,8 +24,9 @@ def test_a_session_whose_handler_fails_is_closed_and_the_worker_goes_on():
     table = HealthTable()
     slot = table.publish([Endpoint("e", socket.AF_INET, "127.0.0.1", 1)])[0].slot
     index = table.claim_worker_slot(os.getpid())
-    listener = socket.create_server(("127.0.0.1", 0))
-    worker = Worker(index, listener, table, SETTINGS, os.getppid())
+    listener = open_listener(HostPort("127.0.0.1", 0), 0o660, "")
+    listener.slot = table.claim_listener_slot()
+    worker = Worker(index, [listener], table, SETTINGS, os.getppid())
     worker.loop = Loop(on_error=worker._handler_failed)
     worker.pool = ChannelPool(use_splice=True)
     app, client = socket.socketpair()
