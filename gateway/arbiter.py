@@ -267,7 +267,8 @@ class Arbiter:
         return WorkerSettings(dial_timeout=c.dial_timeout,
                               shutdown_timeout=c.shutdown_timeout, keepalive=c.keepalive,
                               idle_timeout=c.idle_timeout, log_level=c.log_level,
-                              log_format=c.log_format, log_file=c.log_file)
+                              log_format=c.log_format, log_file=c.log_file,
+                              allow_from=c.allow_from)
 
     # -- workers -----------------------------------------------------------------------
     def manage_workers(self) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
-from gateway import addresses, configfile, keepalive, listeners
+from gateway import addresses, allowlist, configfile, keepalive, listeners
 from gateway.durations import format_duration, parse_duration
 
 ENV_PREFIX = "ETCD_GATEWAY_"
@@ -226,6 +226,11 @@ OPTIONS: tuple[Option, ...] = (
            "Addresses to listen on, comma-separated, repeatable: host:port, [v6]:port, "
            ":port for every interface, or unix:///path for a unix socket.",
            repeatable=True, metavar="ADDR,..."),
+    Option("allow-from", allowlist.parse, "",
+           "Client networks a TCP listener lets in, CIDRs comma-separated, repeatable "
+           "(default: everyone); others are closed at accept, before any member is "
+           "dialled. An IPv4-mapped IPv6 client matches the IPv4 rules. Not applied to "
+           "unix sockets.", origin="new", repeatable=True, metavar="CIDR,..."),
     Option("listen-socket-mode", _socket_mode, "0660",
            "Permission bits of unix socket files (octal): who may connect.",
            origin="new", metavar="MODE"),
@@ -316,6 +321,7 @@ OPTIONS_BY_NAME = {opt.name: opt for opt in OPTIONS}
 class Config:
     listen_addr: tuple[addresses.ListenAddr, ...]
     listen_socket_mode: str
+    allow_from: allowlist.AllowList
     listen_socket_group: str
     endpoints: tuple[addresses.HostPort, ...]
     discovery_srv: str

@@ -23,7 +23,8 @@ from gateway import log as gwlog
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, G_ACCEPTED,
                             G_LIMITED, G_OPEN, G_REJECTED, G_WORKER_TIMEOUTS, GATEWAY,
-                            L_ACCEPTED, LISTENER0, HealthTable, RosterEntry)
+                            G_DENIED, L_ACCEPTED, L_DENIED, LISTENER0, HealthTable,
+                            RosterEntry)
 from gateway.httpd import Response
 
 logger = gwlog.get("metrics")
@@ -251,6 +252,14 @@ class MetricsApp:
         for slot, label in sorted(info.listeners.items()):
             out.sample("listener_accepted_connections_total", {"listener": label},
                        table.counter(LISTENER0 + slot, L_ACCEPTED, rows=rows))
+        out.family("listener_denied_connections_total", "counter",
+                   "Clients closed at accept on the listener: not in --allow-from.")
+        for slot, label in sorted(info.listeners.items()):
+            out.sample("listener_denied_connections_total", {"listener": label},
+                       table.counter(LISTENER0 + slot, L_DENIED, rows=rows))
+        out.family("denied_connections_total", "counter",
+                   "Clients closed at accept: not in --allow-from.")
+        out.sample("denied_connections_total", {}, table.counter(GATEWAY, G_DENIED, rows=rows))
 
     def _worker_metrics(self, out: Exposition, info: GatewayInfo, slots: list[int]) -> None:
         table = self.table

@@ -41,10 +41,11 @@ from gateway import keepalive
 from gateway import log as gwlog
 from gateway.addresses import connect_error, join_host_port
 from gateway import picker
+from gateway.allowlist import AllowList
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
-                            C_DIAL_FAILURES, G_ACCEPTED, G_LIMITED, G_OPEN, G_REJECTED,
-                            GATEWAY, L_ACCEPTED, LISTENER0, RFC2782, Balance,
-                            HealthTable, RosterEntry)
+                            C_DIAL_FAILURES, G_ACCEPTED, G_DENIED, G_LIMITED, G_OPEN,
+                            G_REJECTED, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0, RFC2782,
+                            Balance, HealthTable, RosterEntry)
 from gateway.listeners import Kind, Listener
 from gateway.loop import READ, WRITE, Loop, Timer, set_interest
 from gateway.relay import ChannelPool, Session, close_fd, splice_works
@@ -79,6 +80,7 @@ class WorkerSettings:
     log_file: str
     keepalive: float = 15.0     # --keepalive (0: the kernel's defaults)
     idle_timeout: float = 0.0   # --idle-timeout (0: never)
+    allow_from: AllowList = AllowList(())  # --allow-from (empty: everyone), TCP listeners
 
 
 class Dial:
@@ -106,6 +108,9 @@ class Worker:
         # fd -> (listener, offset of its accepted counter): the accept path's lookup
         self._doors = {lst.fileno(): (lst, table.counter_offset(
             index, LISTENER0 + lst.slot, L_ACCEPTED)) for lst in listeners}
+        self._allow = settings.allow_from
+        self._denied_at = table.counter_offset(index, GATEWAY, G_DENIED)
+        self._deny_log = gwlog.Throttle()
         self.table = table
         self.settings = settings
         self.master_pid = master_pid
@@ -312,6 +317,7 @@ class Worker:
         door, accepted_at = self._doors[fd]
         accept = door.sock._accept  # type: ignore[attr-defined]
         unix = door.kind == Kind.UNIX
+        allow = None if unix or not self._allow else self._allow
         accepted = 0
         limited = bool(self.table.max_connections)
         for _ in range(ACCEPT_BATCH):
@@ -330,6 +336,9 @@ class Worker:
                 else:
                     logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))
                 break
+            if allow is not None and not allow.allows(addr[0]):
+                self._deny(client, addr, door)
+                continue
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, _ONE)
             self._start_dial(client, door.label if unix else addr)
@@ -339,6 +348,18 @@ class Worker:
             self.table.add_at(self._accepted_at, accepted)
             self.table.add_at(accepted_at, accepted)
             self.table.set_at(self._open_at, self._open_count())
+
+    def _deny(self, client: int, addr: tuple, door: Listener) -> None:
+        """A client outside --allow-from: closed at once, before any member is dialled;
+        counted, and logged at most once a second with its address."""
+        os.close(client)
+        table = self.table
+        table.add_at(self._denied_at, 1)
+        table.add_at(table.counter_offset(self.index, LISTENER0 + door.slot, L_DENIED), 1)
+        suppressed = self._deny_log.allow()
+        if suppressed is not None:
+            logger.warning("refused client: not in --allow-from", extra=gwlog.fields(
+                client=_address(addr), listener=door.label, repeats=suppressed))
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         """EMFILE/ENFILE: stop reading the listener for a moment (or the loop would

@@ -46,6 +46,8 @@ def assert_refused(args, *words, env=None):
     (["--listen-addr=unix://run/gw.sock"], ["--listen-addr", "unix://run/gw.sock", "absolute"]),
     (["--listen-socket-mode=0999"], ["--listen-socket-mode", "0999", "octal"]),
     (["--listen-socket-group=no-such-group"], ["--listen-socket-group", "no-such-group"]),
+    (["--allow-from=10.0.0.0/33"], ["--allow-from", "10.0.0.0/33"]),
+    (["--allow-from=127.0.0.1/32,nonsense"], ["--allow-from", "nonsense"]),
 ])
 def test_bad_values_exit_2_with_one_line_naming_option_and_value(args, words):
     assert_refused(args, *words)
