@@ -73,9 +73,43 @@ def _split(text: str, default_port: int | None) -> HostPort:
 
 def _check_ipv6(host: str, whole: str) -> None:
     try:
-        ipaddress.IPv6Address(host)
+        address = ipaddress.IPv6Address(host)
     except ValueError:
         raise ValueError(f"bad IPv6 address {host!r} in {whole!r}") from None
+    if address.is_link_local and "%" not in host:
+        raise ValueError(f"link-local address {host!r} in {whole!r} needs its interface, "
+                         f"e.g. [{host}%eth0]")
+    if "%" in host:
+        zone = host.split("%", 1)[1]
+        if not zone_index(zone):
+            raise ValueError(f"no interface {zone!r} for the zone of {whole!r} (a link-local "
+                             "address names its interface, e.g. [fe80::1%eth0]:2379)")
+        if zone_index(zone) > 0xFFFF:
+            raise ValueError(f"interface index of {zone!r} in {whole!r} is over 65535")
+
+
+def zone_index(zone: str) -> int:
+    """The interface index an IPv6 zone (`eth0`, or a number) names; 0 if none."""
+    if zone.isdigit():
+        try:
+            socket.if_indextoname(int(zone))
+        except (OSError, OverflowError):
+            return 0
+        return int(zone)
+    try:
+        return socket.if_nametoindex(zone)
+    except OSError:
+        return 0
+
+
+def with_zone(ip: str, scope_id: int) -> str:
+    """`ip%zone` for a scoped IPv6 address (the interface's name, else its index)."""
+    if not scope_id:
+        return ip
+    try:
+        return f"{ip}%{socket.if_indextoname(scope_id)}"
+    except OSError:
+        return f"{ip}%{scope_id}"
 
 
 def connect_error(address: str, err: int) -> str:
@@ -183,8 +217,13 @@ class Resolved:
     def port(self) -> int:
         return self.sockaddr[1]
 
+    @property
+    def scope_id(self) -> int:
+        """The interface of a link-local IPv6 address (0: none)."""
+        return self.sockaddr[3] if len(self.sockaddr) > 3 else 0
+
     def __str__(self) -> str:
-        return join_host_port(self.ip, self.port)
+        return join_host_port(with_zone(self.ip, self.scope_id), self.port)
 
 
 def resolve(hp: HostPort, passive: bool = False) -> list[Resolved]:
@@ -195,7 +234,11 @@ def resolve(hp: HostPort, passive: bool = False) -> list[Resolved]:
                                socket.IPPROTO_TCP, flags)
     out: dict[Resolved, None] = {}
     for family, _, _, _, sockaddr in infos:
-        out.setdefault(Resolved(family, tuple(sockaddr[:2])), None)
+        # an IPv6 address keeps its scope id (the zone of fe80::1%eth0): without it a
+        # link-local address cannot be dialled (EINVAL)
+        scope_id = sockaddr[3] if len(sockaddr) > 3 else 0  # type: ignore[misc]
+        out.setdefault(Resolved(family, (sockaddr[0], sockaddr[1], 0, scope_id) if scope_id
+                                else tuple(sockaddr[:2])), None)
     return list(out)
 
 

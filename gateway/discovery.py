@@ -119,7 +119,8 @@ def resolve_static(config: Config) -> list[Endpoint]:
                 raise ConfigError(
                     f"option --endpoints: {str(hp)!r} resolves to {candidate}, the "
                     f"gateway's own --listen-addr {listen}: it would relay to itself")
-        ep = Endpoint(label=str(hp), family=target.family, ip=target.ip, port=target.port)
+        ep = Endpoint(label=str(hp), family=target.family, ip=target.ip, port=target.port,
+                      scope_id=target.scope_id)
         out.setdefault(ep.sockaddr, ep)
     return list(out.values())
 

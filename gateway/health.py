@@ -40,7 +40,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from gateway.addresses import join_host_port
+from gateway.addresses import join_host_port, with_zone
 
 MAGIC = 0xE7CD6A7E
 MAX_ENDPOINTS = 64
@@ -69,7 +69,8 @@ class Balance(enum.IntEnum):
 
 # endpoint slot: static part (master, under the seqlock), then dynamic health fields
 # (a label holds a whole DNS name, 253 bytes at most, and ":port")
-_EP_STATIC = struct.Struct("<BBHHH46s264s")  # in_use, family, port, prio, weight, ip, label
+_EP_STATIC = struct.Struct("<BBHHH46s264sH")  # in_use, family, port, prio, weight, ip, label,
+                                              # IPv6 scope id (zone; 0 = none)
 _EP_SIZE = 512
 _EP_DOWN_OFF = 320      # f64 down_at
 _EP_CHANGED_OFF = 328   # f64 wall-clock time of the last state change
@@ -118,14 +119,17 @@ class Endpoint:
     port: int
     priority: int = 0
     weight: int = 0
+    scope_id: int = 0     # the interface of a link-local IPv6 address (its %zone)
 
     @property
     def sockaddr(self) -> tuple:
+        if self.scope_id:
+            return (self.ip, self.port, 0, self.scope_id)
         return (self.ip, self.port)
 
     @property
     def address(self) -> str:
-        return join_host_port(self.ip, self.port)
+        return join_host_port(with_zone(self.ip, self.scope_id), self.port)
 
 
 @dataclass(frozen=True)
@@ -238,18 +242,18 @@ class HealthTable:
     def _write_static(self, slot: int, ep: Endpoint | None) -> None:
         off = self._slot_off(slot)
         if ep is None:
-            _EP_STATIC.pack_into(self.buf, off, 0, 0, 0, 0, 0, b"", b"")
+            _EP_STATIC.pack_into(self.buf, off, 0, 0, 0, 0, 0, b"", b"", 0)
             return
         _EP_STATIC.pack_into(self.buf, off, 1, ep.family, ep.port, ep.priority, ep.weight,
-                             ep.ip.encode()[:46], ep.label.encode()[:264])
+                             ep.ip.encode()[:46], ep.label.encode()[:264], ep.scope_id)
 
     def _read_static(self, slot: int) -> Endpoint | None:
-        in_use, family, port, prio, weight, ip, label = _EP_STATIC.unpack_from(
+        in_use, family, port, prio, weight, ip, label, scope_id = _EP_STATIC.unpack_from(
             self.buf, self._slot_off(slot))
         if in_use != 1:
             return None
         return Endpoint(label.rstrip(b"\0").decode(errors="replace"), family,
-                        ip.rstrip(b"\0").decode(), port, prio, weight)
+                        ip.rstrip(b"\0").decode(), port, prio, weight, scope_id)
 
     def _reset_dynamic(self, slot: int) -> None:
         off = self._slot_off(slot)
