@@ -4,12 +4,15 @@ design: a plain HTTP client of the gateway's own `--metrics-addr` endpoint (urll
 proxies, 5 s timeout): it reads /endpoints and /health and prints one row per endpoint
 and a summary line. The address comes from `--metrics-addr`, else from the config
 file's `metrics-addr` (`-c FILE`), else from `ETCD_GATEWAY_METRICS_ADDR`. Exit status:
-0 when at least one endpoint is up, 1 when none is or the gateway cannot be reached,
-2 for a usage error; errors are one line on stderr.
+0 when at least one endpoint is up, 1 when none is, the gateway cannot be reached, or
+what answered is not a gateway (another HTTP server, something that is not HTTP, JSON
+of another shape: checked before anything is printed), 2 for a usage error; errors
+are one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -33,7 +36,11 @@ class UsageError(Exception):
 
 
 class Unreachable(Exception):
-    """The gateway did not answer (exit 1)."""
+    """Nothing answered at the address (exit 1)."""
+
+
+class NotAGateway(Exception):
+    """Something answered, but not as a gateway's metrics endpoint does (exit 1)."""
 
 
 def main(argv: list[str], environ: dict[str, str] | None = None,
@@ -61,19 +68,23 @@ def main(argv: list[str], environ: dict[str, str] | None = None,
         print(f"{PROG}: {exc}", file=err)
         return 2
     try:
-        endpoints = fetch_json(base + "/endpoints")
-        health = fetch_json(base + "/health")
+        endpoints = fetch_json(base, "/endpoints")
+        health = fetch_json(base, "/health")
+        check_shape(endpoints, health)
     except Unreachable as exc:
         print(f"{PROG}: cannot reach the gateway at {base}: {exc}", file=err)
         return 1
-    if not isinstance(endpoints, list) or not isinstance(health, dict):
-        print(f"{PROG}: unexpected answer from {base} (is it an etcd-gatewayd?)", file=err)
+    except NotAGateway as exc:
+        print(f"{PROG}: reached {base} but it is not an etcd-gatewayd metrics endpoint: "
+              f"{exc}", file=err)
         return 1
     print(render_table(endpoints, time.time()), file=out)
     up = sum(1 for e in endpoints if e.get("state") == "up")
-    healthy = health.get("health") == "true"
-    print(f"{up} of {len(endpoints)} endpoints up; gateway "
-          f"{'healthy' if healthy else 'unhealthy'} ({base})", file=out)
+    if health.get("draining") is True:
+        state = "draining"
+    else:
+        state = "healthy" if health.get("health") == "true" else "unhealthy"
+    print(f"{up} of {len(endpoints)} endpoints up; gateway {state} ({base})", file=out)
     return 0 if up else 1
 
 
@@ -114,25 +125,56 @@ def base_url(addr: addresses.HostPort) -> str:
     return f"http://{addresses.join_host_port(host, addr.port)}"
 
 
-def fetch_json(url: str) -> Any:
-    """GET `url` and decode its JSON body; a 503 from /health is an answer too."""
+def fetch_json(base: str, path: str) -> Any:
+    """GET base+path and decode its JSON body; a 503 from /health is an answer too.
+    Unreachable when nothing accepts the connection; NotAGateway (naming `path` and
+    why) for anything else that is not a JSON answer: another HTTP status, something
+    that is not HTTP, no answer within the timeout, a body that is not JSON."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(url, timeout=TIMEOUT) as response:
+        with opener.open(base + path, timeout=TIMEOUT) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
-        body = exc.read()
-        exc.close()
+        with exc:
+            body = exc.read()
         if exc.code != 503:
-            raise Unreachable(f"{url}: HTTP {exc.code}") from None
-    except urllib.error.URLError as exc:
+            raise NotAGateway(f"{path} answered HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:  # the connect (or the request) failed
         raise Unreachable(str(getattr(exc.reason, "strerror", None) or exc.reason)) from None
-    except (OSError, ValueError) as exc:  # timeouts, resets, bad status lines
-        raise Unreachable(str(exc) or type(exc).__name__) from None
+    except http.client.HTTPException as exc:  # an answer that is not HTTP
+        said = f": {str(exc)[:40]!r}" if str(exc) else ""  # repr: one line, whatever it sent
+        raise NotAGateway(f"{path}: the answer is not HTTP ({type(exc).__name__}{said})"
+                          ) from None
+    except OSError as exc:  # connected, then a timeout or a reset
+        raise NotAGateway(f"{path}: no HTTP answer within {TIMEOUT:g}s "
+                          f"({exc.strerror or type(exc).__name__})") from None
     try:
         return json.loads(body)
     except ValueError:
-        raise Unreachable(f"{url}: not JSON") from None
+        raise NotAGateway(f"{path} did not answer JSON") from None
+
+
+_NUMBERS = ("active_connections", "connections_total", "dial_failures_total",
+            "health_check_failures_total", "sent_bytes_total", "received_bytes_total",
+            "last_change")
+
+
+def check_shape(endpoints: Any, health: Any) -> None:
+    """NotAGateway unless the answers have the shapes the gateway serves (so the table
+    below never meets a value it cannot print)."""
+    if not isinstance(health, dict):
+        raise NotAGateway("/health did not answer a JSON object")
+    if not isinstance(endpoints, list):
+        raise NotAGateway("/endpoints did not answer a JSON list")
+    for e in endpoints:
+        if not isinstance(e, dict):
+            raise NotAGateway("/endpoints lists something that is not an endpoint object")
+        for key in _NUMBERS:
+            value = e.get(key, 0)
+            if value is None and key == "last_change":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise NotAGateway(f"/endpoints has a non-numeric {key!r}")
 
 
 # -- formatting ------------------------------------------------------------------------
