@@ -28,7 +28,14 @@ writer or tolerates racing writers that write the same kind of value:
   header, so a reload changes them without replacing workers.
 
 An endpoint keeps its slot for as long as it is in the roster, so health marks and
-counters of endpoints that survive a reload are kept by construction.
+counters of endpoints that survive a reload are kept by construction. A slot freed by
+a removed endpoint may still be written by that endpoint's open sessions (their bytes,
+their active gauge) and by dials under way when it was removed, so `publish` reuses
+it for a newcomer only once no session of it is open and REUSE_GRACE has passed: the
+counters of a removed endpoint's sessions stay in its old slot (out of the roster, so
+out of the metrics) and are never credited to a newcomer, whoever publishes (a reload,
+an SRV refresh, a DNS change). Only when every free slot is still busy (more than
+MAX_ENDPOINTS endpoints in play at once) does it take the least busy one.
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ from gateway.addresses import join_host_port, with_zone
 
 MAGIC = 0xE7CD6A7E
 MAX_ENDPOINTS = 64
+REUSE_GRACE = 10.0  # seconds a freed slot waits before reuse: a dial under way when its
+                    # endpoint was removed (bounded by --dial-timeout) may still connect
 MAX_WORKERS = 128
 
 # header: magic, layout version, roster generation, round-robin counter
@@ -167,6 +176,7 @@ class HealthTable:
         self._cursor = 0  # master-private: where the next free-slot search starts
         self._listener_slots: set[int] = set()  # master-private: listener columns in use
         self._listener_cursor = 0
+        self._freed_at: dict[int, float] = {}  # master-private: slot -> when it was freed
 
     # -- roster (master writes, everyone reads) -------------------------------------
     @property
@@ -198,6 +208,7 @@ class HealthTable:
         for sockaddr, entry in current.items():
             if sockaddr not in wanted:
                 self._write_static(entry.slot, None)
+                self._freed_at[entry.slot] = time.monotonic()
         for ep in endpoints:
             old = current.get(ep.sockaddr)
             if old is not None:
@@ -224,14 +235,30 @@ class HealthTable:
         raise RuntimeError("health table roster kept changing while being read")
 
     def _next_free_slot(self) -> int:
-        """Free slots are taken in a cycle, so a slot freed by a reload is the last to be
-        reused (sessions still open on the old endpoint may still count against it)."""
+        """A free slot for a newcomer: one no removed endpoint's session can still write
+        (none open, freed over REUSE_GRACE ago, or never used), taken in a cycle so the
+        most recently freed are the last reused; failing that, the least busy."""
+        now = time.monotonic()
+        best: tuple[int, bool, int] | None = None
+        rows = list(self.live_workers())
         for step in range(self.max_endpoints):
             slot = (self._cursor + step) % self.max_endpoints
-            if not self._in_use(slot):
-                self._cursor = (slot + 1) % self.max_endpoints
-                return slot
-        raise ValueError(f"at most {self.max_endpoints} endpoints")
+            if self._in_use(slot):
+                continue
+            freed = self._freed_at.get(slot)
+            busy = 0 if freed is None else self.counter(slot, C_ACTIVE, rows=rows)
+            rank = (busy, freed is not None and now - freed < REUSE_GRACE, step)
+            if rank[:2] == (0, False):
+                best = rank
+                break
+            if best is None or rank < best:
+                best = rank
+        if best is None:
+            raise ValueError(f"at most {self.max_endpoints} endpoints")
+        slot = (self._cursor + best[2]) % self.max_endpoints
+        self._cursor = (slot + 1) % self.max_endpoints
+        self._freed_at.pop(slot, None)
+        return slot
 
     def _slot_off(self, slot: int) -> int:
         return self._ep_base + slot * _EP_SIZE

@@ -217,3 +217,26 @@ def test_the_limit_and_balance_policy_are_shared():
                  == (5, Balance.LEAST_CONNECTIONS) else 1)
     _, status = os.wait()
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_a_slot_with_sessions_of_a_removed_endpoint_is_not_given_to_a_newcomer():
+    table = HealthTable(max_endpoints=4)
+    worker = table.claim_worker_slot(os.getpid())
+    old = table.publish([ep(1)])[0].slot
+    table.add_at(table.counter_offset(worker, old, C_ACTIVE), 1)  # a session stays open
+    for port in (2, 3, 4, 5):  # each publish removes the previous endpoint
+        entry = table.publish([ep(port)])[0]
+        assert entry.slot != old, f"endpoint {port} was given the busy slot"
+        assert table.counter(entry.slot, C_ACTIVE) == 0
+    # the removed endpoint's session keeps writing its old slot, nobody else's
+    table.add_at(table.counter_offset(worker, old, C_BYTES_SENT), 100)
+    assert all(table.counter(e.slot, C_BYTES_SENT) == 0 for e in table.roster())
+
+
+def test_a_busy_slot_is_taken_only_when_no_other_slot_is_free():
+    table = HealthTable(max_endpoints=2)
+    worker = table.claim_worker_slot(os.getpid())
+    old = table.publish([ep(1)])[0].slot
+    table.add_at(table.counter_offset(worker, old, C_ACTIVE), 1)
+    roster = table.publish([ep(2), ep(3)])  # two newcomers, two slots: one is the busy one
+    assert sorted(e.slot for e in roster) == [0, 1]
