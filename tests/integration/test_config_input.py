@@ -169,3 +169,10 @@ def test_check_config_exits_like_start_for_an_unresolvable_endpoint():
     args = ["--endpoints=no-such-host.invalid:2379", f"--listen-addr=127.0.0.1:{free_port()}"]
     assert (refused(["--check-config", *args], "no-such-host.invalid")
             == refused(args, "no-such-host.invalid"))
+
+
+def test_check_config_exits_like_start_for_a_listen_address_that_does_not_resolve():
+    args = ["--endpoints=127.0.0.1:21021", "--listen-addr=no-such-host.invalid:23790"]
+    assert (refused(["--check-config", *args], "--listen-addr", "no-such-host.invalid",
+                    status=1)
+            == refused(args, "--listen-addr", "no-such-host.invalid", status=1))
