@@ -20,9 +20,11 @@ DEFAULT_ETCD_PORT = 2379
 class HostPort:
     host: str  # without brackets; "" means every interface (listen address only)
     port: int
+    tls: bool = False  # an endpoint written https://: the gateway dials it with TLS
 
     def __str__(self) -> str:
-        return join_host_port(self.host, self.port)
+        text = join_host_port(self.host, self.port)
+        return "https://" + text if self.tls else text
 
 
 def join_host_port(host: str, port: int) -> str:
@@ -118,28 +120,38 @@ def connect_error(address: str, err: int) -> str:
 
 
 def parse_endpoint(text: str) -> HostPort:
-    """`host[:port]` or `[v6][:port]`; the port defaults to 2379; a scheme is refused."""
+    """`[scheme://]host[:port]` or `[v6][:port]`; the port defaults to 2379. `https://`
+    means the gateway dials the member with TLS; `http://` and no scheme are plain TCP
+    relays (TLS from a client passes through them unchanged); other schemes are refused."""
     text = text.strip()
+    tls = False
     if "://" in text:
-        raise ValueError(
-            f"{text!r} has a scheme: the gateway relays TCP and does not terminate TLS; "
-            "give host:port (TLS passes through to the member unchanged)")
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() not in ("http", "https"):
+            raise ValueError(f"{text!r}: unknown scheme {scheme!r} (want https://, http:// "
+                             "or none)")
+        tls = scheme.lower() == "https"
+        text = rest.rstrip("/")
     if not text:
         raise ValueError("empty endpoint")
     hp = _split(text, DEFAULT_ETCD_PORT)
     if not hp.host:
         raise ValueError(f"missing host in {text!r}")
-    return hp
+    return HostPort(hp.host, hp.port, tls)
 
 
 def parse_endpoint_list(values: list[str]) -> list[HostPort]:
     """Separated by commas or white space (`"a:1 b:2"` from a shell variable), repeatable;
-    duplicates removed, order kept."""
+    duplicates removed, order kept. https:// and plain endpoints cannot be mixed:
+    the whole list is dialled one way."""
     seen: dict[HostPort, None] = {}
     for value in values:
         for item in re.split(r"[,\s]+", value):
             if item:
                 seen.setdefault(parse_endpoint(item), None)
+    if len({hp.tls for hp in seen}) > 1:
+        raise ValueError("mixes https:// and plain endpoints: the gateway dials every "
+                         "member the same way (all https://, or none)")
     return list(seen)
 
 

@@ -6,6 +6,12 @@ reality match it (gunicorn's arbiter). The master never accepts or touches a cli
 socket; it forks workers, reaps and replaces them, probes members marked down, and
 re-reads its configuration on SIGHUP.
 
+TLS files (gateway/tls.py) are loaded before anything binds, again on SIGHUP, and
+whenever their signature (inode, size, mtime) changed at a `--tls-reload-interval`
+tick; a load that fails is one error line and the material in use stays. A new load
+bumps the table's TLS generation: each worker then loads the files itself for its new
+connections (open ones are untouched). Workers forked later inherit the material.
+
 Signals that arrived during start-up (earlysignals.py) are acted on once the loop
 runs. States: running -> draining (listener closed, workers finishing their sessions,
 bounded by the shutdown timeout) -> stopped. A second SIGTERM/SIGINT, or SIGQUIT,
@@ -22,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway import config as gwconfig
+from gateway import tls as gwtls
 from gateway import __version__, discovery, listeners, sysd
 from gateway.addresses import ListenAddr
 from gateway import log as gwlog
@@ -83,6 +90,10 @@ class Arbiter:
         self.table = HealthTable()
         self.listeners: list[listeners.Listener] = []
         self._socket_activated = False  # listeners from systemd: --listen-addr not used
+        self.tls = gwtls.Material(gwtls.NO_TLS)
+        self._tls_signature: tuple = ()
+        self._tls_failed_signature: tuple | None = None
+        self._tls_timer: Timer | None = None
         self.checker = Checker(self.loop, self.table, _check_policy(self.config))
         self.desired_workers = self.config.workers
         self._deaths: collections.deque[float] = collections.deque()
@@ -114,6 +125,9 @@ class Arbiter:
     def run(self) -> int:
         """Start, serve until stopped, and return the exit status."""
         self._raise_nofile_limit()
+        tls_options = gwtls.options_from(self.config)  # ConfigError: exit 2, nothing bound
+        self._tls_signature = gwtls.signature(tls_options)
+        self._install_tls(gwtls.load(tls_options))
         try:
             roster = discovery.resolve(self.config)
         except discovery.DiscoveryError as exc:
@@ -144,6 +158,7 @@ class Arbiter:
         self.loop.call_later(WATCH_PERIOD, self._watch_workers)
         self._schedule_srv_refresh()
         self._act_on_startup_signals(during_startup)
+        self._schedule_tls_watch()
         try:
             while self.state != STOPPED:
                 self.loop.run_once(1.0)
@@ -251,7 +266,8 @@ class Arbiter:
                            listeners={lst.slot: lst.label for lst in self.listeners},
                            desired_workers=self.desired_workers, reloads_total=self.reloads,
                            cpu_offsets=dict(self.cpu_offsets), version=__version__,
-                           draining=self.state != RUNNING)
+                           draining=self.state != RUNNING,
+                           certificates=[c.as_json() for c in self.tls.certificates])
 
     def _set_load_policy(self, config: gwconfig.Config) -> None:
         self.table.set_load_policy(config.max_connections, _BALANCES[config.balance])
@@ -268,7 +284,7 @@ class Arbiter:
                               shutdown_timeout=c.shutdown_timeout, keepalive=c.keepalive,
                               idle_timeout=c.idle_timeout, log_level=c.log_level,
                               log_format=c.log_format, log_file=c.log_file,
-                              allow_from=c.allow_from)
+                              allow_from=c.allow_from, tls=self.tls.options)
 
     # -- workers -----------------------------------------------------------------------
     def manage_workers(self) -> None:
@@ -347,7 +363,8 @@ class Arbiter:
             self.loop.close()
             for signum in HANDLED:
                 signal.signal(signum, signal.SIG_DFL)
-            status = Worker(index, self.listeners, self.table, settings, self.pid).run()
+            status = Worker(index, self.listeners, self.table, settings, self.pid,
+                            self.tls).run()
         except BaseException:  # noqa: B902 - a worker must never return into the master
             logger.exception("worker failed", extra=gwlog.fields(worker=index))
         finally:
@@ -543,10 +560,14 @@ class Arbiter:
         """Parse, resolve, and bind what changed; raise (having closed whatever it
         opened) if anything is wrong. Changes nothing the running gateway uses."""
         new = gwconfig.load(self.argv, self.environ, earlier=self.config.config_text)
+        tls_options = gwtls.options_from(new)
+        tls_signature = gwtls.signature(tls_options)
+        tls_material = gwtls.load(tls_options)  # SIGHUP re-reads every TLS file
         # SRV answers arrive later, from a refresh child; static ones are resolved now
         endpoints = None if new.discovery_srv else discovery.resolve_static(new)
         gwconfig.check_log_file(new.log_file)
         plan = _ReloadPlan(new, endpoints)
+        plan.tls, plan.tls_signature = tls_material, tls_signature
         old = self.config
         try:
             if new.metrics_addr != old.metrics_addr:
@@ -579,6 +600,9 @@ class Arbiter:
         self.config = new
         self._set_load_policy(new)
         self.table.set_retry_delay(new.retry_delay)  # workers only log it: not a setting
+        self._tls_signature, self._tls_failed_signature = plan.tls_signature, None
+        assert plan.tls is not None
+        self._install_tls(plan.tls)
         self.checker.configure(_check_policy(new))
         if new.workers != old.workers:
             self.desired_workers = new.workers
@@ -593,6 +617,47 @@ class Arbiter:
         if new.discovery_srv:
             self._start_srv_refresh()
         self._schedule_srv_refresh()
+        self._schedule_tls_watch()
+
+    # -- TLS files ---------------------------------------------------------------------
+    def _install_tls(self, material: gwtls.Material) -> None:
+        """Use `material` from now on: for the master's checks, for workers forked from
+        now on, and (through the table's TLS generation) for the running workers."""
+        self.tls = material
+        self.checker.set_tls(material.member_context(gwtls.HTTP11)
+                             if material.options.originate else None)
+        self.table.bump_tls_generation()
+
+    def _schedule_tls_watch(self) -> None:
+        if self._tls_timer is not None:
+            self._tls_timer.cancel()
+            self._tls_timer = None
+        interval = self.config.tls_reload_interval
+        if interval > 0 and self.tls.options.enabled:
+            self._tls_timer = self.loop.call_later(interval, self._tls_tick)
+
+    def _tls_tick(self) -> None:
+        """Re-read the TLS files when any of them changed on disk; a bad set is logged
+        once (until it changes again) and the material in use stays."""
+        self._tls_timer = None
+        self._schedule_tls_watch()
+        if self.state != RUNNING:
+            return
+        options = self.tls.options
+        signature = gwtls.signature(options)
+        if signature in (self._tls_signature, self._tls_failed_signature):
+            return
+        try:
+            material = gwtls.load(options)
+        except gwconfig.ConfigError as exc:
+            self._tls_failed_signature = signature
+            logger.error("TLS files changed but cannot be used; keeping the ones in use",
+                         extra=gwlog.fields(error=str(exc)))
+            return
+        self._tls_signature, self._tls_failed_signature = signature, None
+        self._install_tls(material)
+        logger.info("TLS files changed: re-read", extra=gwlog.fields(
+            files=[path for _, path in options.files()]))
 
     def _apply_listeners(self, plan: _ReloadPlan, old: gwconfig.Config,
                          new: gwconfig.Config) -> None:
@@ -678,6 +743,8 @@ class _ReloadPlan:
         self.dropped: list[listeners.Listener] = []  # to close when it is applied
         self.http: HttpServer | None = None
         self.http_changed = False
+        self.tls: gwtls.Material | None = None
+        self.tls_signature: tuple = ()
 
     def discard(self, close_listener: Callable[[listeners.Listener], None]) -> None:
         """Close what was opened for a plan that will not be applied."""

@@ -17,14 +17,18 @@ Policy, per endpoint:
 
 `etcd` mode asks the member's own view: `GET /health` must answer 200 with
 `"health":"true"` within the dial timeout, so a member that is hung (SIGSTOP: the kernel
-still completes the handshake) or has lost quorum is taken out. It speaks plain HTTP:
-for members whose client port is TLS, use `tcp`.
+still completes the handshake) or has lost quorum is taken out. Against members the
+gateway dials with TLS (https:// endpoints) the check is HTTPS with the same context as
+relayed connections (CA, name, client certificate; ALPN http/1.1): a handshake step
+between connecting and sending, within the same deadline. Members whose TLS the
+gateway only passes through are checked with `tcp`.
 """
 from __future__ import annotations
 
 import errno
 import functools
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -32,6 +36,7 @@ from gateway import log as gwlog
 from gateway.addresses import connect_error
 from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable, RosterEntry
 from gateway.loop import READ, WRITE, Loop, Timer
+from gateway.tlsleg import TlsLeg, describe_failure, server_name
 
 logger = gwlog.get("checks")
 
@@ -60,13 +65,14 @@ class _SlotState:
         self.inflight: _Check | None = None
 
 
-CONNECTING, SENDING, READING = "connecting", "sending", "reading"
+CONNECTING, HANDSHAKE, SENDING, READING = "connecting", "handshake", "sending", "reading"
 
 
 class _Check:
-    """One check of one endpoint: connecting -> [etcd: sending -> reading] -> finished."""
+    """One check of one endpoint: connecting -> [etcd: [handshake ->] sending ->
+    reading] -> finished."""
     __slots__ = ("entry", "sock", "timer", "down_at", "http", "phase", "request",
-                 "response", "registered")
+                 "response", "registered", "leg")
 
     def __init__(self, entry: RosterEntry, sock: socket.socket, down_at: float, http: bool):
         self.entry = entry
@@ -78,6 +84,7 @@ class _Check:
         self.request = b""
         self.response = b""
         self.registered = 0
+        self.leg: TlsLeg | None = None
 
 
 class Checker:
@@ -87,9 +94,14 @@ class Checker:
         self.policy = policy
         self._states: dict[int, _SlotState] = {}
         self._timer: Timer | None = None
+        self._tls: ssl.SSLContext | None = None
 
     def configure(self, policy: CheckPolicy) -> None:
         self.policy = policy
+
+    def set_tls(self, ctx: ssl.SSLContext | None) -> None:
+        """The context for members dialled with TLS (None: they are not)."""
+        self._tls = ctx
 
     def start(self) -> None:
         self._timer = self.loop.call_later(TICK, self._tick)
@@ -181,10 +193,28 @@ class Checker:
                 if not check.http:
                     self._finish(check, None)
                     return
-                check.phase = SENDING
                 check.request = (f"GET /health HTTP/1.1\r\nHost: {ep.address}\r\n"
                                  "Connection: close\r\nUser-Agent: etcd-gatewayd\r\n\r\n"
                                  ).encode()
+                check.phase = SENDING
+                if self._tls is not None:
+                    check.leg = TlsLeg.client(self._tls, check.sock, server_name(ep.label))
+                    check.sock = check.leg.sock  # the same fd, now speaking TLS
+                    check.phase = HANDSHAKE
+            if check.phase == HANDSHAKE:
+                assert check.leg is not None
+                try:
+                    want = check.leg.handshake()
+                except (ssl.SSLError, OSError) as exc:
+                    self._finish(check, f"TLS handshake with {ep.address}: "
+                                        f"{describe_failure(exc)}")
+                    return
+                if want:
+                    self._watch(check, want)
+                    return
+                check.phase = SENDING
+                self._watch(check, WRITE)
+                return
             if check.phase == SENDING:
                 check.request = check.request[check.sock.send(check.request):]
                 if not check.request:
@@ -192,20 +222,26 @@ class Checker:
                     self._watch(check, READ)
                 return
             data = check.sock.recv(4096)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
-            self._finish(check, f"GET http://{ep.address}/health: {exc.strerror or exc}")
+            self._finish(check, f"GET {self._scheme}://{ep.address}/health: "
+                                f"{exc.strerror or exc}")
             return
         check.response += data
         if data and len(check.response) < MAX_RESPONSE:
             return  # read until the member closes (Connection: close)
-        self._finish(check, _judge_health(ep.address, check.response))
+        self._finish(check, _judge_health(f"{self._scheme}://{ep.address}", check.response))
+
+    @property
+    def _scheme(self) -> str:
+        return "http" if self._tls is None else "https"
 
     def _timeout(self, check: _Check) -> None:
         ep = check.entry.endpoint
         what = (f"dial tcp {ep.address}: i/o timeout" if check.phase == CONNECTING
-                else f"GET http://{ep.address}/health: no answer")
+                else f"TLS handshake with {ep.address}: no answer" if check.phase == HANDSHAKE
+                else f"GET {self._scheme}://{ep.address}/health: no answer")
         self._finish(check, f"{what} within {self.policy.dial_timeout:g}s")
 
     def _teardown(self, check: _Check) -> None:
@@ -261,17 +297,19 @@ class Checker:
                 reason=f"health check ({self.policy.mode}) failed {self.policy.fall} times"))
 
 
-def _judge_health(address: str, response: bytes) -> str | None:
-    """None when etcd says it is healthy; else why not, in one line."""
+def _judge_health(base: str, response: bytes) -> str | None:
+    """None when etcd says it is healthy; else why not, in one line. `base` is
+    scheme://host:port."""
     head, _, body = response.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        return f"GET http://{address}/health: not an HTTP answer"
+        return f"GET {base}/health: not an HTTP answer"
     if parts[1] != "200":
-        return f"GET http://{address}/health: status {' '.join(parts[1:])}"
+        return f"GET {base}/health: status {' '.join(parts[1:])}"
     compact = body.replace(b" ", b"")
     if b'"health":"true"' not in compact:
-        return f"GET http://{address}/health: {body[:80].decode(errors='replace').strip()}"
+        return f"GET {base}/health: {body[:80].decode(errors='replace').strip()}"
     return None
+
 

@@ -86,9 +86,11 @@ def check_config(config: gwconfig.Config) -> int:
     start would exit with (2 a bad value, 1 nothing usable discovered or an address
     that does not resolve), 0 when start would get as far as binding."""
     from gateway import discovery
+    from gateway import tls as gwtls
 
     try:
         gwconfig.check_log_file(config.log_file)
+        gwtls.load(gwtls.options_from(config))
         endpoints = discovery.resolve(config).endpoints
     except gwconfig.ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -239,7 +239,9 @@ OPTIONS: tuple[Option, ...] = (
            origin="new", metavar="GROUP"),
     Option("endpoints", _endpoint_list, "127.0.0.1:2379",
            "etcd members to relay to: comma-separated, repeatable; host[:port], port "
-           "2379 when omitted; IPv6 as [::1]:2379. No scheme: TLS passes through.",
+           "2379 when omitted; IPv6 as [::1]:2379. https://host:port: dialled with TLS "
+           "(see --cacert, --cert, --key); no scheme or http://: relayed as TCP, so TLS "
+           "from clients passes through. https and plain cannot be mixed.",
            repeatable=True, metavar="HOST:PORT,..."),
     Option("discovery-srv", _dns_domain, "",
            "DNS domain whose SRV records list the members (replaces --endpoints).",
@@ -250,6 +252,10 @@ OPTIONS: tuple[Option, ...] = (
            "Accept SRV records for plain-text members (_etcd-client._tcp).", boolean=True),
     Option("trusted-ca-file", _text, "",
            "CA bundle that validates the members found by SRV discovery.", metavar="FILE"),
+    Option("discovery-srv-tls", _bool, "false",
+           "Dial the members found under _etcd-client-ssl with TLS (origination, with "
+           "--cacert, --cert, --key) instead of passing clients' TLS through.",
+           origin="new", boolean=True),
     Option("discovery-srv-resolver", _resolver_list, "",
            "DNS servers to query for SRV records, HOST[:PORT],... (port 53 when omitted; "
            "default: /etc/resolv.conf), e.g. a Consul agent at 127.0.0.1:8600.",
@@ -305,6 +311,28 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics-addr", _optional_listen_addr, "",
            "Serve /metrics (Prometheus), /health and /endpoints over HTTP here "
            "(default: off).", origin="new", metavar="HOST:PORT"),
+    Option("cacert", _text, "",
+           "CA bundle that verifies members dialled with TLS (default: --trusted-ca-file, "
+           "else the system's CA store).", origin="new", metavar="FILE"),
+    Option("cert", _text, "",
+           "Client certificate the gateway presents to members dialled with TLS.",
+           origin="new", metavar="FILE"),
+    Option("key", _text, "",
+           "Private key of --cert.", origin="new", metavar="FILE"),
+    Option("cert-file", _text, "",
+           "Serving certificate: the listener speaks TLS to clients (termination).",
+           origin="new", metavar="FILE"),
+    Option("key-file", _text, "",
+           "Private key of --cert-file.", origin="new", metavar="FILE"),
+    Option("client-cert-auth", _bool, "false",
+           "Require clients to present a certificate signed by --client-ca-file.",
+           origin="new", boolean=True),
+    Option("client-ca-file", _text, "",
+           "CA bundle that verifies client certificates (with --client-cert-auth).",
+           origin="new", metavar="FILE"),
+    Option("tls-reload-interval", _duration_or_zero, "10s",
+           "How often certificate, key and CA files are checked for changes and re-read "
+           "(0: only on SIGHUP).", origin="new", metavar="DURATION"),
     Option("log-level", _choice("debug", "info", "warn", "error"), "info",
            "Least severe level logged: debug, info, warn or error.", origin="new",
            metavar="LEVEL"),
@@ -328,6 +356,7 @@ class Config:
     discovery_srv_name: str
     insecure_discovery: bool
     trusted_ca_file: str
+    discovery_srv_tls: bool
     discovery_srv_resolver: tuple[addresses.HostPort, ...]
     discovery_srv_refresh: float
     retry_delay: float
@@ -344,6 +373,14 @@ class Config:
     max_connections: int
     balance: str
     metrics_addr: addresses.HostPort | None
+    cacert: str
+    cert: str
+    key: str
+    cert_file: str
+    key_file: str
+    client_cert_auth: bool
+    client_ca_file: str
+    tls_reload_interval: float
     log_level: str
     log_format: str
     log_file: str
@@ -457,6 +494,11 @@ def load(argv: list[str], environ: dict[str, str] | None = None,
         raise ConfigError(f"option --discovery-srv-name: {values['discovery_srv_name']!r} "
                           "needs --discovery-srv")
     _check_srv_name_length(values["discovery_srv"], values["discovery_srv_name"])
+    if values["discovery_srv_tls"] and not values["discovery_srv"]:
+        raise ConfigError("option --discovery-srv-tls: needs --discovery-srv")
+    if values["discovery_srv_tls"] and values["insecure_discovery"]:
+        raise ConfigError("option --discovery-srv-tls: cannot be combined with "
+                          "--insecure-discovery (plain and TLS members would be mixed)")
     if len(values["endpoints"]) > MAX_ENDPOINTS:
         raise ConfigError(f"option --endpoints: {len(values['endpoints'])} endpoints given; "
                           f"at most {MAX_ENDPOINTS}")

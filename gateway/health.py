@@ -68,6 +68,7 @@ _F64 = struct.Struct("<d")
 _MAX_CONNECTIONS_OFF = 32  # u64: --max-connections (0: no limit), written by the master
 _BALANCE_OFF = 40          # u32: a Balance, written by the master
 _RETRY_DELAY_OFF = 48      # f64 --retry-delay, written by the master: workers only log it
+_TLS_GEN_OFF = 56          # u64: bumped by the master when workers must re-read TLS files
 LOAD_REFRESH = 0.05        # seconds between the master's load aggregate refreshes
 
 
@@ -113,6 +114,19 @@ G_WORKER_TIMEOUTS = 8  # master's row: workers killed by the watchdog (--worker-
 MAX_LISTENERS = 16
 LISTENER0 = MAX_ENDPOINTS + 1  # the column of listener slot 0
 L_ACCEPTED, L_DENIED = range(2)
+# TLS handshakes, gateway column: per side (client: the gateway terminates; member: it
+# originates) one cell of completed handshakes, then one per failure reason
+# (tlsleg.REASONS), from cell 16 on
+G_TLS_BASE = 16
+TLS_CLIENT, TLS_MEMBER = 0, 1
+TLS_SIDES = ("client", "member")
+
+
+def tls_counter(side: int, reason: int | None = None) -> int:
+    """The gateway-column cell of completed handshakes (reason None) or of failures."""
+    return G_TLS_BASE + side * 8 + (0 if reason is None else 1 + reason)
+
+
 _COLUMN_SIZE = N_COUNTERS * 8
 _ROW_SIZE = (MAX_ENDPOINTS + 1 + MAX_LISTENERS) * _COLUMN_SIZE
 _LOAD_ROW = MAX_ENDPOINTS + 1  # u64 cells per load row: endpoints, then gateway open
@@ -365,6 +379,15 @@ class HealthTable:
 
     def clear_dial_timeouts(self, slot: int) -> None:
         _U32.pack_into(self.buf, self._slot_off(slot) + _EP_TIMEOUTS_OFF, 0)
+
+    # -- TLS generation ------------------------------------------------------------
+    @property
+    def tls_generation(self) -> int:
+        return _U64.unpack_from(self.buf, _TLS_GEN_OFF)[0]
+
+    def bump_tls_generation(self) -> None:
+        """Master: the TLS files were re-read; workers load them again."""
+        _U64.pack_into(self.buf, _TLS_GEN_OFF, self.tls_generation + 1)
 
     # -- round robin ---------------------------------------------------------------
     def next_rr(self) -> int:

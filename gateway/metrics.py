@@ -1,4 +1,5 @@
-"""The pages of the HTTP endpoint: /metrics (Prometheus), /health and /endpoints.
+"""The pages of the HTTP endpoint: /metrics (Prometheus), /health, /endpoints and
+/certificates (the TLS certificates loaded, with their expiry).
 
 design: every page is computed on request from the shared health table (counters are
 totals over live workers, the retired row and the master, so they never go back when a
@@ -15,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 
@@ -23,9 +24,10 @@ from gateway import log as gwlog
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, G_ACCEPTED,
                             G_LIMITED, G_OPEN, G_REJECTED, G_WORKER_TIMEOUTS, GATEWAY,
-                            G_DENIED, L_ACCEPTED, L_DENIED, LISTENER0, HealthTable,
-                            RosterEntry)
+                            G_DENIED, L_ACCEPTED, L_DENIED, LISTENER0, TLS_SIDES,
+                            HealthTable, RosterEntry, tls_counter)
 from gateway.httpd import Response
+from gateway.tlsleg import REASONS as TLS_FAILURE_REASONS
 
 logger = gwlog.get("metrics")
 
@@ -59,6 +61,7 @@ class GatewayInfo:
     cpu_offsets: dict[int, float] = field(default_factory=dict)  # index -> dead CPU s
     version: str = ""
     draining: bool = False   # the listener is closed: new clients are refused
+    certificates: list[dict[str, Any]] = field(default_factory=list)  # tls.CertInfo.as_json
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,10 @@ class MetricsApp:
             return self.health()
         if path == "/endpoints":
             return 200, JSON_TYPE, self.endpoints()
-        return 404, TEXT_TYPE, b"not found: try /metrics, /health or /endpoints\n"
+        if path == "/certificates":
+            return 200, JSON_TYPE, json.dumps(self.info().certificates, indent=1).encode()
+        return 404, TEXT_TYPE, (b"not found: try /metrics, /health, /endpoints or "
+                                b"/certificates\n")
 
     # -- /health -----------------------------------------------------------------------
     def health(self) -> Response:
@@ -211,6 +217,7 @@ class MetricsApp:
                    table.counter(GATEWAY, G_WORKER_TIMEOUTS, rows=rows))
         out.family("build_info", "gauge", "Always 1; the version is a label.")
         out.sample("build_info", {"version": info.version}, 1)
+        self._tls_metrics(out, info, rows)
 
         self._worker_metrics(out, info, [entry.slot for entry in roster])
         return out.text()
@@ -260,6 +267,29 @@ class MetricsApp:
         out.family("denied_connections_total", "counter",
                    "Clients closed at accept: not in --allow-from.")
         out.sample("denied_connections_total", {}, table.counter(GATEWAY, G_DENIED, rows=rows))
+
+    def _tls_metrics(self, out: Exposition, info: GatewayInfo, rows: list[int]) -> None:
+        table = self.table
+        out.family("tls_handshakes_total", "counter",
+                   "TLS handshakes completed: side=client (the gateway terminates TLS) or "
+                   "member (it dials members with TLS).")
+        for side, name in enumerate(TLS_SIDES):
+            out.sample("tls_handshakes_total", {"side": name},
+                       table.counter(GATEWAY, tls_counter(side), rows=rows))
+        out.family("tls_handshake_failures_total", "counter",
+                   "TLS handshakes that failed, by side and reason (certificate, "
+                   "no-certificate, protocol, timeout, closed, other).")
+        for side, name in enumerate(TLS_SIDES):
+            for reason, label in enumerate(TLS_FAILURE_REASONS):
+                out.sample("tls_handshake_failures_total", {"side": name, "reason": label},
+                           table.counter(GATEWAY, tls_counter(side, reason), rows=rows))
+        out.family("tls_certificate_expiry_timestamp_seconds", "gauge",
+                   "When each loaded certificate expires (Unix time): alert before it.")
+        for cert in info.certificates:
+            out.sample("tls_certificate_expiry_timestamp_seconds",
+                       {"option": cert["option"], "file": cert["file"],
+                        "subject": cert["subject"], "serial": cert["serial"]},
+                       float(cert["not_after"]))
 
     def _worker_metrics(self, out: Exposition, info: GatewayInfo, slots: list[int]) -> None:
         table = self.table

@@ -21,6 +21,11 @@ the worker registers `client_interest()` / `upstream_interest()` as they changed
 the session itself as the callback for both fds (`session(fd, mask)`). It holds raw
 file descriptors, not socket objects, so an idle connection costs as little memory as
 it can: a temporary socket object is made only for the rare shutdown or linger.
+
+A leg that speaks TLS (the gateway originates or terminates it) is a `TlsLeg` (see
+tlsleg.py) on that fd: the directions reading or writing it use a copy channel (no
+splice through TLS) and the leg's `read_into`/`write_from` instead of the raw fd;
+everything else (interest, backpressure, half-close, teardown) is the same code.
 """
 from __future__ import annotations
 
@@ -28,9 +33,12 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from gateway.loop import READ, WRITE
+
+if TYPE_CHECKING:
+    from gateway.tlsleg import TlsLeg
 
 PIPE_SIZE = 1 << 16        # a new pipe: the kernel's default, enough for requests
 PIPE_SIZE_BULK = 1 << 20   # a pipe a direction filled is grown to this (bulk transfers):
@@ -142,6 +150,13 @@ class ChannelPool:
         self.pipes_open = 0  # pipes in existence (lent + idle), for figures and tests
         self._lent_since_trim = False
 
+    def get_buffer(self) -> CopyChannel:
+        """A copy channel, whatever the mode (for a direction with a TLS leg)."""
+        self._lent_since_trim = True
+        if self._buffers:
+            return self._buffers.pop()
+        return CopyChannel()
+
     def get(self) -> SpliceChannel | CopyChannel:
         self._lent_since_trim = True
         if self.use_splice:
@@ -196,14 +211,14 @@ class ChannelPool:
         self._buffers.clear()
 
 
-def _socket_for(fd: int) -> socket.socket:
+def socket_for(fd: int) -> socket.socket:
     """A temporary object for a socket option call on a raw fd; `detach()` it after.
     Family and type are given, so CPython asks the kernel nothing to build it."""
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
 
 
 def shutdown_write(fd: int) -> None:
-    sock = _socket_for(fd)
+    sock = socket_for(fd)
     try:
         sock.shutdown(socket.SHUT_WR)
     finally:
@@ -213,7 +228,7 @@ def shutdown_write(fd: int) -> None:
 def close_fd(fd: int, reset: bool) -> None:
     """Close a socket fd; with `reset`, SO_LINGER 0 first, so the peer sees an RST."""
     if reset:
-        sock = _socket_for(fd)
+        sock = socket_for(fd)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         except OSError:
@@ -225,12 +240,16 @@ def close_fd(fd: int, reset: bool) -> None:
 
 class Direction:
     """Bytes from `src` to `dst` (fds). `pending` bytes sit in `chan`; `done` once EOF
-    has been carried to `dst` (or the session died)."""
-    __slots__ = ("src", "dst", "chan", "pending", "done", "moved")
+    has been carried to `dst` (or the session died). `rleg`/`wleg`: the TLS legs on
+    `src`/`dst`, if they speak TLS."""
+    __slots__ = ("src", "dst", "chan", "pending", "done", "moved", "rleg", "wleg")
 
-    def __init__(self, src: int, dst: int):
+    def __init__(self, src: int, dst: int, rleg: "TlsLeg | None" = None,
+                 wleg: "TlsLeg | None" = None):
         self.src = src
         self.dst = dst
+        self.rleg = rleg
+        self.wleg = wleg
         self.chan: SpliceChannel | CopyChannel | None = None
         self.pending = 0
         self.done = False
@@ -243,14 +262,17 @@ class Session:
     | reset (an error: closed hard)."""
     __slots__ = ("client", "upstream", "up", "down", "pool", "sync", "ended",
                  "cmask", "umask", "slot", "started", "flushed_up", "flushed_down", "peer",
-                 "quiet_since")
+                 "quiet_since", "ctls", "utls")
 
     def __init__(self, client: int, upstream: int, pool: ChannelPool,
-                 sync: Callable[["Session"], None]):
+                 sync: Callable[["Session"], None], ctls: "TlsLeg | None" = None,
+                 utls: "TlsLeg | None" = None):
         self.client = client
         self.upstream = upstream
-        self.up = Direction(client, upstream)
-        self.down = Direction(upstream, client)
+        self.ctls = ctls       # the client leg when the gateway terminates TLS
+        self.utls = utls       # the member leg when the gateway originates TLS
+        self.up = Direction(client, upstream, ctls, utls)
+        self.down = Direction(upstream, client, utls, ctls)
         self.pool = pool
         self.sync = sync
         self.ended = ""        # why the session ended; "" while it is relaying
@@ -305,12 +327,16 @@ class Session:
 
     def _pump(self, d: Direction) -> None:
         chan = d.chan
+        rleg = d.rleg
         if chan is None:
-            chan = d.chan = self.pool.get()
+            if rleg is None and d.wleg is None:
+                chan = d.chan = self.pool.get()
+            else:
+                chan = d.chan = self.pool.get_buffer()
         size = chan.size
         for _ in range(ROUNDS_PER_EVENT):
             try:
-                n = chan.fill(d.src)
+                n = chan.fill(d.src) if rleg is None else rleg.read_into(chan)
             except BlockingIOError:
                 break
             if n == 0:
@@ -332,15 +358,22 @@ class Session:
     def _drain(self, d: Direction) -> None:
         chan = d.chan
         assert chan is not None  # a direction with bytes pending holds its channel
+        wleg = d.wleg
         while d.pending:
             try:
-                d.pending -= chan.drain(d.dst, d.pending)
+                if wleg is None:
+                    d.pending -= chan.drain(d.dst, d.pending)
+                else:
+                    d.pending -= wleg.write_from(chan, d.pending)
             except BlockingIOError:
                 return
 
     def _carry_eof(self, d: Direction) -> None:
         d.done = True
-        shutdown_write(d.dst)
+        if d.wleg is None:
+            shutdown_write(d.dst)
+        else:
+            d.wleg.shutdown_write()
 
     # -- teardown ------------------------------------------------------------------
     def close(self) -> None:
@@ -357,9 +390,13 @@ class Session:
                 d.chan = None
             d.done = True
         hard = self.ended.startswith("reset")
-        for fd in (self.client, self.upstream):
-            if fd >= 0:
+        for fd, leg in ((self.client, self.ctls), (self.upstream, self.utls)):
+            if leg is not None:
+                leg.close(hard)
+            elif fd >= 0:
                 close_fd(fd, hard)
         self.client = self.upstream = -1
+        self.ctls = self.utls = None
+        self.up.rleg = self.up.wleg = self.down.rleg = self.down.wleg = None
         if not self.ended:
             self.ended = "closed by gateway"

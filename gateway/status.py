@@ -2,7 +2,8 @@
 
 design: a plain HTTP client of the gateway's own `--metrics-addr` endpoint (urllib, no
 proxies, 5 s timeout): it reads /endpoints and /health and prints one row per endpoint
-and a summary line. The address comes from `--metrics-addr`, else from the config
+and a summary line, then (from /certificates) one row per TLS certificate the gateway
+has loaded, with its expiry. The address comes from `--metrics-addr`, else from the config
 file's `metrics-addr` (`-c FILE`), else from `ETCD_GATEWAY_METRICS_ADDR`. Exit status:
 0 when at least one endpoint is up, 1 when none is, the gateway cannot be reached, or
 what answered is not a gateway (another HTTP server, something that is not HTTP, JSON
@@ -85,6 +86,13 @@ def main(argv: list[str], environ: dict[str, str] | None = None,
     else:
         state = "healthy" if health.get("health") == "true" else "unhealthy"
     print(f"{up} of {len(endpoints)} endpoints up; gateway {state} ({base})", file=out)
+    try:
+        certificates = fetch_json(base, "/certificates")
+    except (Unreachable, NotAGateway):
+        certificates = []  # a gateway without the page (older), or a hiccup: no TLS rows
+    if isinstance(certificates, list) and certificates:
+        print("", file=out)
+        print(render_certificates(certificates, time.time()), file=out)
     return 0 if up else 1
 
 
@@ -178,6 +186,31 @@ def check_shape(endpoints: Any, health: Any) -> None:
 
 
 # -- formatting ------------------------------------------------------------------------
+CERT_COLUMNS = ("CERTIFICATE", "FILE", "SUBJECT", "SERIAL", "EXPIRES")
+
+
+def human_until(seconds: float) -> str:
+    """How long until, coarsely: in 29d, in 3h, EXPIRED."""
+    if seconds <= 0:
+        return "EXPIRED"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"in {int(seconds // size)}{unit}"
+    return f"in {int(seconds)}s"
+
+
+def render_certificates(certificates: list[dict[str, Any]], now: float) -> str:
+    rows = [CERT_COLUMNS]
+    for c in certificates:
+        not_after = float(c.get("not_after") or 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(not_after))
+        rows.append((f"--{c.get('option', '?')}", str(c.get("file", "?")),
+                     str(c.get("subject", "")) or "-", str(c.get("serial", "")) or "-",
+                     f"{stamp} ({human_until(not_after - now)})"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(CERT_COLUMNS) - 1)]
+    return "\n".join("  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[-1]])
+                     for row in rows)
+
 def human_bytes(n: int | float) -> str:
     """1023 B, 1.0 KiB, 1.2 MiB, ..."""
     value = float(n)

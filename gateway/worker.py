@@ -19,6 +19,20 @@ of this worker's clients goes), NO_FDS (EMFILE: resumed after ACCEPT_PAUSE) and 
 (health.py). With --balance least-connections the candidates are ordered by the
 members' relayed connections read the same way, plus this worker's dials in flight.
 
+TLS is a step inside the same paths, not a second engine. A `Dial` is the accepted
+client's state machine, `DialPhase`:
+  [client-handshake: the gateway terminates TLS; no member is dialled until the client
+   completed it, so a failing client costs no member a connection]
+  -> [sniff: the gateway originates TLS for a plain client; its first bytes say h2
+      (gRPC) or HTTP/1.1, the ALPN the member leg must offer: etcd serves gRPC only
+      over h2]
+  -> connecting -> [member-handshake: within the same dial deadline: the handshake is
+      part of the dial, and a failed one fails over like a refused connect]
+  -> a Session whose TLS legs use the copy path (relay.py, tlsleg.py).
+The client phases are bounded by CLIENT_HELLO_TIMEOUT. New TLS files are loaded when
+the master bumps the table's TLS generation (checked each tick); open sessions keep
+the contexts they were made with.
+
 States: serving -> draining (listener closed, sessions finish, bounded by the
 shutdown timeout) -> stopped. A worker whose master is gone stops within a second.
 """
@@ -33,30 +47,37 @@ import os
 import random
 import signal
 import socket
+import ssl
 import termios
 import time
 from dataclasses import dataclass
 
 from gateway import keepalive
 from gateway import log as gwlog
+from gateway import tls as gwtls
 from gateway.addresses import connect_error, join_host_port
+from gateway.config import ConfigError
 from gateway import picker
 from gateway.allowlist import AllowList
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, G_ACCEPTED, G_DENIED, G_LIMITED, G_OPEN,
                             G_REJECTED, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0, RFC2782,
-                            Balance, HealthTable, RosterEntry)
+                            TLS_CLIENT, TLS_MEMBER, Balance, HealthTable, RosterEntry,
+                            tls_counter)
 from gateway.listeners import Kind, Listener
 from gateway.loop import READ, WRITE, Loop, Timer, set_interest
-from gateway.relay import ChannelPool, Session, close_fd, splice_works
+from gateway.relay import ChannelPool, Session, close_fd, socket_for, splice_works
+from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
 ACCEPT_BATCH = 64
+CLIENT_HELLO_TIMEOUT = 10.0  # seconds for a client's TLS handshake, or its first bytes
 ACCEPT_PAUSE = 0.25      # seconds without accepting after EMFILE/ENFILE
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
 _FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _SOCK_FLAGS = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _ONE = b"\x01\0\0\0"   # FIONBIO argument: non-blocking on
+_H2_PREFACE = b"PRI "    # how an HTTP/2 client (gRPC) starts: "PRI * HTTP/2.0"
 
 SERVING, DRAINING, STOPPED = "serving", "draining", "stopped"
 
@@ -81,29 +102,46 @@ class WorkerSettings:
     keepalive: float = 15.0     # --keepalive (0: the kernel's defaults)
     idle_timeout: float = 0.0   # --idle-timeout (0: never)
     allow_from: AllowList = AllowList(())  # --allow-from (empty: everyone), TCP listeners
+    tls: gwtls.TlsOptions = gwtls.NO_TLS
+
+
+class DialPhase(enum.Enum):
+    CLIENT_HANDSHAKE = "client-handshake"
+    SNIFF = "sniff"
+    CONNECTING = "connecting"
+    MEMBER_HANDSHAKE = "member-handshake"
 
 
 class Dial:
-    """One client (its fd) waiting for a member: the candidates left and the attempt
-    under way."""
+    """One client (its fd) on its way to a member: its phase, the candidates left and
+    the attempt under way; `ctls`/`utls` are its TLS legs once they exist."""
     __slots__ = ("client", "peer", "candidates", "next", "sock", "entry", "timer",
-                 "started")
+                 "started", "phase", "ctls", "utls", "cmask", "umask", "protocol")
 
-    def __init__(self, client: int, peer: tuple | str, candidates: list[RosterEntry]):
+    def __init__(self, client: int, peer: tuple | str, phase: DialPhase):
         self.client = client
         self.peer = peer
-        self.candidates = candidates
+        self.phase = phase
+        self.candidates: list[RosterEntry] = []
         self.next = 0
         self.sock: socket.socket | None = None
         self.entry: RosterEntry | None = None
         self.timer: Timer | None = None
         self.started = 0.0
+        self.ctls: TlsLeg | None = None
+        self.utls: TlsLeg | None = None
+        self.cmask = 0          # the client fd's registration while in a client phase
+        self.umask = 0          # the member socket's registration while dialling
+        self.protocol = gwtls.HTTP11  # the ALPN the member leg offers (originating)
 
 
 class Worker:
     def __init__(self, index: int, listeners: list[Listener], table: HealthTable,
-                 settings: WorkerSettings, master_pid: int):
+                 settings: WorkerSettings, master_pid: int,
+                 tls: gwtls.Material | None = None):
         self.index = index
+        self.tls = tls if tls is not None else gwtls.Material(settings.tls)
+        self._tls_gen = table.tls_generation
         self.listeners = listeners
         # fd -> (listener, offset of its accepted counter): the accept path's lookup
         self._doors = {lst.fileno(): (lst, table.counter_offset(
@@ -138,6 +176,7 @@ class Worker:
         self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
         self._all_down_log = gwlog.Throttle()
+        self._tls_reload_log = gwlog.Throttle()
 
     # -- life ------------------------------------------------------------------------
     def run(self) -> int:
@@ -206,6 +245,8 @@ class Worker:
             moved = self._flush_bytes(session)
             if idle_limit:
                 self._close_if_idle(session, moved, now, idle_limit)
+        if self.table.tls_generation != self._tls_gen:
+            self._reload_tls()
         assert self.pool is not None
         self.pool.trim()
         if self.state == DRAINING:
@@ -218,6 +259,18 @@ class Worker:
             self._stop_if_drained()
         assert self.loop is not None
         self.loop.call_later(TICK, self._tick)
+
+    def _reload_tls(self) -> None:
+        """The master re-read the TLS files: load them here too, for new connections.
+        A file that broke in between keeps the contexts in use."""
+        self._tls_gen = self.table.tls_generation
+        try:
+            self.tls = gwtls.load(self.settings.tls)
+        except ConfigError as exc:
+            logger.error("cannot re-read TLS files; keeping the ones in use",
+                         extra=gwlog.fields(worker=self.index, error=str(exc)))
+            return
+        logger.debug("TLS files re-read", extra=gwlog.fields(worker=self.index))
 
     def begin_drain(self) -> None:
         """Stop accepting (close this worker's copies of the listeners) and let open
@@ -341,7 +394,7 @@ class Worker:
                 continue
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, _ONE)
-            self._start_dial(client, door.label if unix else addr)
+            self._admit(client, door.label if unix else addr)
             if self.state != SERVING or self._accepting != Accepting.OPEN:
                 break
         if accepted:
@@ -375,7 +428,6 @@ class Worker:
                 worker=self.index, error=exc.strerror, pause=ACCEPT_PAUSE,
                 connections=self.session_count, repeats=suppressed))
 
-    # -- dialing ---------------------------------------------------------------------
     def _current_roster(self) -> list[RosterEntry]:
         gen = self.table.generation
         if gen != self._roster_gen:
@@ -398,13 +450,131 @@ class Worker:
             return picker.rfc2782(roster, up, _priority, _weight, random.random)
         return picker.round_robin(roster, up, table.next_rr())
 
-    def _start_dial(self, client: int, addr: tuple | str) -> None:
+    # -- the client's phases before any dial: TLS handshake, first bytes ------------
+    def _admit(self, client: int, addr: tuple | str) -> None:
+        """An accepted client: straight to dialling, or first through its phases."""
+        tls = self.tls
+        if tls.server is not None:
+            dial = Dial(client, addr, DialPhase.CLIENT_HANDSHAKE)
+            try:
+                dial.ctls = TlsLeg.server(tls.server, client)
+            except (OSError, ValueError) as exc:
+                self._client_failed(dial, exc)
+                return
+            self.dials.add(dial)
+            self._client_hello_timer(dial)
+            self._client_step(dial)
+        elif tls.options.originate:
+            dial = Dial(client, addr, DialPhase.SNIFF)
+            self.dials.add(dial)
+            self._client_hello_timer(dial)
+            self._watch_client(dial, READ)
+        else:
+            dial = Dial(client, addr, DialPhase.CONNECTING)
+            self.dials.add(dial)
+            self._start_dial(dial)
+
+    def _client_hello_timer(self, dial: Dial) -> None:
+        assert self.loop is not None
+        dial.timer = self.loop.call_later(CLIENT_HELLO_TIMEOUT,
+                                          functools.partial(self._client_timeout, dial))
+
+    def _watch_client(self, dial: Dial, mask: int) -> None:
+        assert self.loop is not None
+        dial.cmask = set_interest(self.loop.selector, dial.client, dial.cmask, mask,
+                                  functools.partial(self._on_client_ready, dial))
+
+    def _on_client_ready(self, dial: Dial, fd: int, mask: int) -> None:
+        self._client_step(dial)
+
+    def _client_step(self, dial: Dial) -> None:
+        """Advance a client phase; on to dialling when it is complete."""
+        if dial.phase == DialPhase.CLIENT_HANDSHAKE:
+            assert dial.ctls is not None
+            try:
+                want = dial.ctls.handshake()
+            except (ssl.SSLError, OSError) as exc:
+                self._client_failed(dial, exc)
+                return
+            if want:
+                self._watch_client(dial, want)
+                return
+            self.table.add_at(self.table.counter_offset(self.index, GATEWAY,
+                                                        tls_counter(TLS_CLIENT)), 1)
+            dial.protocol = dial.ctls.protocol or gwtls.HTTP11
+        elif dial.phase == DialPhase.SNIFF:
+            sock = socket_for(dial.client)
+            try:
+                head = sock.recv(4, socket.MSG_PEEK)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._client_left(dial, exc.strerror or str(exc))
+                return
+            finally:
+                sock.detach()
+            if not head:
+                self._client_left(dial, "closed before speaking")
+                return
+            if len(head) < 4 and _H2_PREFACE.startswith(head):
+                return  # wait for the rest of the preface's first word
+            dial.protocol = gwtls.H2 if head == _H2_PREFACE else gwtls.HTTP11
+        self._end_client_phase(dial)
+        self._start_dial(dial)
+
+    def _end_client_phase(self, dial: Dial) -> None:
+        if dial.cmask:
+            assert self.loop is not None
+            self.loop.selector.unregister(dial.client)
+            dial.cmask = 0
+        if dial.timer is not None:
+            dial.timer.cancel()
+            dial.timer = None
+        dial.phase = DialPhase.CONNECTING
+
+    def _client_timeout(self, dial: Dial) -> None:
+        dial.timer = None
+        if dial.phase == DialPhase.CLIENT_HANDSHAKE:
+            self._client_failed(dial, None)
+        else:
+            self._client_left(dial, f"sent nothing within {CLIENT_HELLO_TIMEOUT:g}s")
+
+    def _client_failed(self, dial: Dial, exc: BaseException | None) -> None:
+        """A client's TLS handshake failed (or timed out): count it, close it."""
+        table = self.table
+        table.add_at(table.counter_offset(self.index, GATEWAY,
+                                          tls_counter(TLS_CLIENT, failure_reason(exc))), 1)
+        if self._debug:
+            logger.debug("client TLS handshake failed", extra=gwlog.fields(
+                client=_address(dial.peer), error=describe_failure(exc)))
+        self._drop_client(dial)
+
+    def _client_left(self, dial: Dial, why: str) -> None:
+        if self._debug:
+            logger.debug("client left before a member was dialled", extra=gwlog.fields(
+                client=_address(dial.peer), reason=why))
+        self._drop_client(dial)
+
+    def _drop_client(self, dial: Dial) -> None:
+        self._end_client_phase(dial)
+        self._close_client(dial, reset=False)
+        self.dials.discard(dial)
+        self._client_gone()
+
+    def _close_client(self, dial: Dial, reset: bool) -> None:
+        if dial.ctls is not None:
+            dial.ctls.close(reset)
+            dial.ctls = None
+        else:
+            close_fd(dial.client, reset)
+        dial.client = -1
+
+    # -- dialing ---------------------------------------------------------------------
+    def _start_dial(self, dial: Dial) -> None:
         roster = self._current_roster()
         table = self.table
         up = [table.is_up(e.slot) for e in roster]
-        candidates = self._candidates(roster, up)
-        dial = Dial(client, addr, candidates)
-        self.dials.add(dial)
+        dial.candidates = self._candidates(roster, up)
         if not any(up) and roster:
             suppressed = self._all_down_log.allow()
             if suppressed is not None:
@@ -431,46 +601,127 @@ class Worker:
             for level, option, value in self._keepalive:
                 sock.setsockopt(level, option, value)
             dial.started = time.monotonic()
+            dial.phase = DialPhase.CONNECTING
             err = sock.connect_ex(ep.sockaddr)
             if err == 0:
-                self._connected(dial, sock, entry, 0)
+                self._attempt(dial, sock, entry)
+                if self.tls.options.originate:
+                    self._start_member_handshake(dial)
+                else:
+                    self._connected(dial)
                 return
             if err in (errno.EINPROGRESS, errno.EAGAIN):
-                dial.sock, dial.entry = sock, entry
-                self._dialling[entry.slot] += 1
-                assert self.loop is not None
-                self.loop.selector.register(sock.fileno(), WRITE,
-                                            functools.partial(self._on_dial_ready, dial))
-                dial.timer = self.loop.call_later(self.settings.dial_timeout,
-                                                  functools.partial(self._on_dial_timeout, dial))
+                self._attempt(dial, sock, entry)
+                self._watch_member(dial, WRITE)
+                self._dial_deadline(dial)
                 return
             sock.close()
             self._dial_failed(entry, connect_error(ep.address, err))
         self._reject(dial, "no endpoint could be reached")
 
+    def _attempt(self, dial: Dial, sock: socket.socket, entry: RosterEntry) -> None:
+        """A connect to `entry` is under way (it counts toward the member's load)."""
+        dial.sock, dial.entry = sock, entry
+        self._dialling[entry.slot] += 1
+
+    def _dial_deadline(self, dial: Dial) -> None:
+        if dial.timer is None:
+            assert self.loop is not None
+            dial.timer = self.loop.call_later(
+                max(0.0, dial.started + self.settings.dial_timeout - time.monotonic()),
+                functools.partial(self._on_dial_timeout, dial))
+
+    def _watch_member(self, dial: Dial, mask: int) -> None:
+        assert self.loop is not None and dial.sock is not None
+        dial.umask = set_interest(self.loop.selector, dial.sock.fileno(), dial.umask, mask,
+                                  functools.partial(self._on_dial_ready, dial))
+
     def _on_dial_ready(self, dial: Dial, fd: int, mask: int) -> None:
         sock, entry = dial.sock, dial.entry
-        assert sock is not None and entry is not None and dial.timer is not None
-        dial.timer.cancel()
+        assert sock is not None and entry is not None
+        if dial.phase == DialPhase.MEMBER_HANDSHAKE:
+            self._member_handshake_step(dial)
+            return
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err == 0:
-            self._connected(dial, sock, entry, WRITE)
-        else:
+        if err != 0:
             self._attempt_failed(dial, connect_error(entry.endpoint.address, err))
+        elif self.tls.options.originate:
+            self._start_member_handshake(dial)
+        else:
+            self._connected(dial)
+
+    def _start_member_handshake(self, dial: Dial) -> None:
+        """Connected to a member dialled with TLS: the handshake is part of the dial
+        (same deadline, same failover)."""
+        sock, entry = dial.sock, dial.entry
+        assert sock is not None and entry is not None
+        try:
+            dial.utls = TlsLeg.client(self.tls.member_context(dial.protocol), sock,
+                                      server_name(entry.endpoint.label))
+        except (OSError, ValueError) as exc:
+            self._attempt_failed(dial, f"TLS with {entry.endpoint.address}: {exc}")
+            return
+        dial.sock = dial.utls.sock  # the wrapped socket now owns the fd
+        dial.phase = DialPhase.MEMBER_HANDSHAKE
+        self._dial_deadline(dial)
+        self._member_handshake_step(dial)
+
+    def _member_handshake_step(self, dial: Dial) -> None:
+        leg, entry = dial.utls, dial.entry
+        assert leg is not None and entry is not None
+        try:
+            want = leg.handshake()
+        except (ssl.SSLError, OSError) as exc:
+            self._member_handshake_failed(dial, exc)
+            return
+        if want:
+            self._watch_member(dial, want)
+            return
+        self.table.add_at(self.table.counter_offset(self.index, GATEWAY,
+                                                    tls_counter(TLS_MEMBER)), 1)
+        self._connected(dial)
+
+    def _member_handshake_failed(self, dial: Dial, exc: BaseException | None) -> None:
+        assert dial.entry is not None
+        table = self.table
+        table.add_at(table.counter_offset(self.index, GATEWAY,
+                                          tls_counter(TLS_MEMBER, failure_reason(exc))), 1)
+        self._attempt_failed(dial, f"TLS handshake with {dial.entry.endpoint.address}: "
+                                   f"{describe_failure(exc)}")
 
     def _on_dial_timeout(self, dial: Dial) -> None:
-        if dial.sock is not None and dial.entry is not None:
-            self._attempt_failed(dial, f"dial tcp {dial.entry.endpoint.address}: i/o timeout "
-                                       f"(dial timeout {self.settings.dial_timeout:g}s)")
+        dial.timer = None
+        if dial.sock is None or dial.entry is None:
+            return
+        if dial.phase == DialPhase.MEMBER_HANDSHAKE:
+            self._member_handshake_failed(dial, None)
+            return
+        self._attempt_failed(dial, f"dial tcp {dial.entry.endpoint.address}: i/o timeout "
+                                   f"(dial timeout {self.settings.dial_timeout:g}s)")
+
+    def _drop_attempt(self, dial: Dial) -> None:
+        """Forget the connect (or handshake) under way: its registration, its timer
+        and its socket."""
+        if dial.umask:
+            assert self.loop is not None and dial.sock is not None
+            self.loop.selector.unregister(dial.sock.fileno())
+            dial.umask = 0
+        if dial.timer is not None:
+            dial.timer.cancel()
+            dial.timer = None
+        if dial.sock is not None:
+            dial.sock.close()
+        dial.sock = None
+        dial.utls = None
+        if dial.entry is not None:
+            self._undial(dial.entry)
+            dial.entry = None
 
     def _attempt_failed(self, dial: Dial, error: str) -> None:
         """The connect under way failed: drop its socket, mark the member, go on."""
-        sock, entry = dial.sock, dial.entry
-        assert sock is not None and entry is not None and self.loop is not None
-        self.loop.selector.unregister(sock.fileno())
-        sock.close()
-        dial.sock = dial.entry = None
-        self._undial(entry)
+        entry = dial.entry
+        assert entry is not None
+        self._drop_attempt(dial)
         self._dial_failed(entry, error)
         self._dial_next(dial)
 
@@ -489,7 +740,7 @@ class Worker:
             logger.warning("rejected client: no endpoint could be reached", extra=gwlog.fields(
                 client=_address(dial.peer), reason=reason, tried=dial.next,
                 repeats=suppressed))
-        close_fd(dial.client, reset=True)
+        self._close_client(dial, reset=True)
         self._client_gone()
 
     def _undial(self, entry: RosterEntry) -> None:
@@ -501,19 +752,18 @@ class Worker:
             del self._dialling[entry.slot]
 
     def _abandon_dial(self, dial: Dial) -> None:
-        if dial.entry is not None:
-            self._undial(dial.entry)
-        if dial.sock is not None:
-            assert self.loop is not None
-            self.loop.selector.unregister(dial.sock.fileno())
-            dial.sock.close()
-        if dial.timer is not None:
-            dial.timer.cancel()
-        close_fd(dial.client, reset=True)
+        self._end_client_phase(dial)
+        self._drop_attempt(dial)
+        self._close_client(dial, reset=True)
         self.dials.discard(dial)
 
-    def _connected(self, dial: Dial, sock: socket.socket, entry: RosterEntry,
-                   registered: int) -> None:
+    def _connected(self, dial: Dial) -> None:
+        """The member is connected (and its TLS handshake done): a session begins."""
+        sock, entry, registered = dial.sock, dial.entry, dial.umask
+        assert sock is not None and entry is not None
+        if dial.timer is not None:
+            dial.timer.cancel()
+            dial.timer = None
         self.dials.discard(dial)
         if dial.entry is not None:
             self._undial(dial.entry)
@@ -522,7 +772,9 @@ class Worker:
         if not table.is_up(slot) and table.mark_up(slot):
             logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
         assert self.pool is not None
-        session = Session(dial.client, sock.detach(), self.pool, self._sync_session)
+        upstream = sock.fileno() if dial.utls is not None else sock.detach()
+        session = Session(dial.client, upstream, self.pool, self._sync_session,
+                          ctls=dial.ctls, utls=dial.utls)
         session.slot = slot
         session.umask = registered
         if self._debug:

@@ -13,6 +13,11 @@ Member ids: the gRPC gateway's JSON (``/v3/maintenance/status``) gives
 ``header.member_id`` as a *decimal string* (uint64 encoded as a JSON string),
 while ``etcdctl member list -w json`` gives ``ID`` as a JSON *number* (also
 decimal).  Both are returned here as decimal strings, so they compare equal.
+
+TLS: ``EtcdCluster(..., tls=MemberTls(...))`` starts every member as an operator
+secures one: clients on https with ``--cert-file``, ``--key-file``,
+``--client-cert-auth`` and ``--trusted-ca-file`` (peers stay plain), and every helper
+here (etcdctl, ``status``) then presents the client certificate.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import os
 import pathlib
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -39,6 +45,16 @@ _HEALTH_DIAL_TIMEOUT = "1s"
 _HEALTH_COMMAND_TIMEOUT = "2s"
 
 
+@dataclass(frozen=True)
+class MemberTls:
+    """Files of a TLS cluster: the CA, the members' certificate, a client's."""
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+
+
 @dataclass
 class Member:
     """One etcd member: its ports, files and (while running) its process."""
@@ -50,6 +66,7 @@ class Member:
     log_path: pathlib.Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     paused: bool = False
+    scheme: str = "http"
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -58,7 +75,7 @@ class Member:
 
     @property
     def client_url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        return f"{self.scheme}://{HOST}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -92,11 +109,12 @@ def _tail(path: pathlib.Path, lines: int = 25) -> str:
 class EtcdCluster:
     """``size`` real etcd members on 127.0.0.1, data and logs under ``workdir``."""
 
-    def __init__(self, workdir: pathlib.Path, size: int = 3) -> None:
+    def __init__(self, workdir: pathlib.Path, size: int = 3, tls: MemberTls | None = None) -> None:
         if size < 1:
             raise ValueError("size must be >= 1")
         self.workdir = pathlib.Path(workdir)
         self.size = size
+        self.tls = tls
         self.members: list[Member] = []
         self.token = f"test-{uuid.uuid4().hex[:12]}"
         self._started = False
@@ -157,6 +175,7 @@ class EtcdCluster:
                     peer_port=ports[2 * i + 1],
                     data_dir=self.workdir / f"{name}.etcd",
                     log_path=self.workdir / f"{name}.log",
+                    scheme="https" if self.tls is not None else "http",
                 )
             )
 
@@ -175,7 +194,22 @@ class EtcdCluster:
             "--initial-cluster-state", "new",
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
+            *self._tls_flags(),
         ]
+
+    def _tls_flags(self) -> list[str]:
+        t = self.tls
+        if t is None:
+            return []
+        return ["--cert-file", t.cert, "--key-file", t.key, "--client-cert-auth",
+                "--trusted-ca-file", t.ca]
+
+    def client_tls_flags(self) -> list[str]:
+        """etcdctl flags that reach the members directly (empty for a plain cluster)."""
+        t = self.tls
+        if t is None:
+            return []
+        return [f"--cacert={t.ca}", f"--cert={t.client_cert}", f"--key={t.client_key}"]
 
     def _spawn(self, i: int) -> None:
         m = self.members[i]
@@ -257,7 +291,7 @@ class EtcdCluster:
             if not m.running() or m.paused:
                 continue
             try:
-                st = self.status(m.client_addr, timeout=0.5)
+                st = self.status(m.client_addr, timeout=0.5, tls=self.tls)
             except (OSError, ValueError, KeyError):
                 continue
             if str(st.get("leader")) == str(st["header"]["member_id"]):
@@ -380,6 +414,8 @@ class EtcdCluster:
             extra.append("--dial-timeout=2s")
         if not any(a.startswith("--command-timeout") for a in args):
             extra.append("--command-timeout=5s")
+        if not any(a.startswith(("--cacert", "--cert", "--key", "--insecure")) for a in args):
+            extra += self.client_tls_flags()
         cmd = ["etcdctl", f"--endpoints={','.join(endpoints)}", *extra, *args]
         env = dict(os.environ, ETCDCTL_API="3")
         # etcdctl refuses to run when ETCDCTL_<FLAG> and --<flag> are both set.
@@ -390,18 +426,24 @@ class EtcdCluster:
         )
 
     @staticmethod
-    def status(endpoint: str, timeout: float = 5) -> dict[str, Any]:
-        """JSON of ``POST http://endpoint/v3/maintenance/status`` with ``{}``.
+    def status(endpoint: str, timeout: float = 5, tls: MemberTls | None = None) -> dict[str, Any]:
+        """JSON of ``POST http://endpoint/v3/maintenance/status`` with ``{}`` (https,
+        with the client certificate, when ``tls`` is given).
 
         uint64 fields (member_id, leader...) come as decimal strings.
         """
+        scheme, context = "http", None
+        if tls is not None:
+            scheme = "https"
+            context = ssl.create_default_context(cafile=tls.ca)
+            context.load_cert_chain(tls.client_cert, tls.client_key)
         req = urllib.request.Request(
-            f"http://{endpoint}/v3/maintenance/status",
+            f"{scheme}://{endpoint}/v3/maintenance/status",
             data=b"{}",
             headers={"Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             body: dict[str, Any] = json.loads(resp.read())
         return body
 
@@ -409,7 +451,8 @@ class EtcdCluster:
     def member_id_of(cls, endpoint: str, timeout: float = 5) -> str:
         """Decimal member id of whoever answers ``/v3/maintenance/status`` at ``endpoint``.
 
-        ``endpoint`` is "host:port" (a member or a gateway in front of members).
+        ``endpoint`` is "host:port" (a member or a gateway in front of members), spoken
+        to in plain HTTP (a gateway that dials TLS members takes plain clients).
         """
         return str(cls.status(endpoint, timeout)["header"]["member_id"])
 

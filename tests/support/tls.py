@@ -6,6 +6,13 @@ Design:
   extensions strict verifiers want (CA: critical basicConstraints and keyUsage; leaf:
   SAN = the DNS name only, serverAuth, SKI/AKI), so the leaf matches that name and
   nothing else (not 127.0.0.1). `Pki(dir)` makes a trusted CA and an unrelated one.
+- `make_cert(ca, dir, name, ...)` is the general leaf maker (IP and DNS SANs, server
+  and/or client use, validity in days, negative for an expired one);
+  `ClusterPki(dir)` holds what a TLS etcd cluster test needs: a CA, an unrelated CA,
+  member certificates (IP:127.0.0.1, serverAuth+clientAuth), a client certificate
+  and the gateway's serving certificate. `serial_of(cert)` and
+  `presented_serial(addr, ...)` (`openssl s_client`) tell which certificate a
+  listener presents, as an operator would check it.
 - TLSEchoServer: one accept thread plus one thread per connection, blocking sockets
   with short timeouts so every loop notices `stop()`. Each connection does the
   handshake (bounded), then echoes until EOF. Handshakes the client aborts (it
@@ -80,6 +87,71 @@ def make_server_cert(ca: CertKey, directory: pathlib.Path | str, dns_name: str,
              "-CAcreateserial", "-days", "2", "-sha256", "-extfile", ext, "-out", cert,
              cwd=d)
     return CertKey(cert, key)
+
+
+def make_cert(ca: CertKey, directory: pathlib.Path | str, name: str, *,
+              ips: tuple[str, ...] = (), dns: tuple[str, ...] = (), server: bool = True,
+              client: bool = False, days: int = 2, tag: str = "") -> CertKey:
+    """A leaf certificate signed by `ca`, CN=`name`; SANs from `ips` and `dns`.
+    `days` < 0 makes a certificate that has already expired."""
+    d = pathlib.Path(directory).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    base = d / f"leaf-{_safe(name)}{'-' + _safe(tag) if tag else ''}"
+    cert, key, csr, ext = f"{base}.crt", f"{base}.key", f"{base}.csr", f"{base}.ext"
+    usage = [u for u, on in (("serverAuth", server), ("clientAuth", client)) if on]
+    sans = [f"IP:{ip}" for ip in ips] + [f"DNS:{n}" for n in dns]
+    lines = ["basicConstraints=critical,CA:FALSE",
+             "keyUsage=critical,digitalSignature,keyEncipherment",
+             f"extendedKeyUsage={','.join(usage)}",
+             "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid"]
+    if sans:
+        lines.insert(0, "subjectAltName=" + ",".join(sans))
+    pathlib.Path(ext).write_text("\n".join(lines) + "\n")
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}", cwd=d)
+    # OpenSSL 3.0 accepts a negative -days: notAfter before notBefore, already expired
+    _openssl("x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key,
+             "-CAcreateserial", "-days", str(days), "-sha256", "-extfile", ext, "-out", cert, cwd=d)
+    return CertKey(cert, key)
+
+
+def serial_of(cert: str) -> str:
+    """The serial number of a PEM certificate file, as openssl prints it (hex)."""
+    res = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", cert],
+                         capture_output=True, text=True, timeout=_OPENSSL_TIMEOUT, check=True)
+    return res.stdout.strip().split("=", 1)[1]
+
+
+def presented_serial(addr: str, ca: str, client: CertKey | None = None) -> str:
+    """The serial of the certificate the TLS listener at `addr` presents, read with
+    `openssl s_client` (verifying it against `ca`); "" when no handshake happened."""
+    cmd = ["openssl", "s_client", "-connect", addr, "-CAfile", ca, "-verify_return_error"]
+    if client is not None:
+        cmd += ["-cert", client.cert, "-key", client.key]
+    res = subprocess.run(cmd, input="", capture_output=True, text=True,
+                         timeout=_OPENSSL_TIMEOUT)
+    if "-----BEGIN CERTIFICATE-----" not in res.stdout:
+        return ""
+    x509 = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=res.stdout,
+                          capture_output=True, text=True, timeout=_OPENSSL_TIMEOUT)
+    return x509.stdout.strip().split("=", 1)[-1]
+
+
+class ClusterPki:
+    """Certificates for a TLS etcd cluster and a gateway in front of it, in `directory`:
+    `ca` (signs everything below), `other_ca` (unrelated), `member` (IP:127.0.0.1 and
+    DNS:localhost, server and client use: members also present it to each other),
+    `client` (client use: what the gateway or etcdctl presents) and `gateway` (the
+    gateway's serving certificate, IP:127.0.0.1)."""
+
+    def __init__(self, directory: pathlib.Path | str) -> None:
+        self.dir = pathlib.Path(directory)
+        self.ca = make_ca(self.dir, "etcd test CA")
+        self.other_ca = make_ca(self.dir, "unrelated CA")
+        self.member = make_cert(self.ca, self.dir, "member", ips=("127.0.0.1",),
+                                dns=("localhost",), client=True)
+        self.client = make_cert(self.ca, self.dir, "client", server=False, client=True)
+        self.gateway = make_cert(self.ca, self.dir, "gateway", ips=("127.0.0.1",))
 
 
 class Pki:

@@ -1,0 +1,158 @@
+"""One TLS leg of a connection: a non-blocking SSLSocket seen as a byte source/sink.
+
+design: the relay (relay.py) moves bytes through channels between fds; a leg that
+speaks TLS cannot use splice (no kTLS here), so a session with a TLS leg moves its
+bytes through a copy channel's reused buffer, and this class turns that buffer into
+TLS records: `read_into` fills it with as many whole records as are available (large
+reads; never less than a record's room, so OpenSSL is left holding no decrypted bytes
+the poller could not announce), `write_from` encrypts from it. "Nothing now" is
+`BlockingIOError`, as for a plain socket, so the session's backpressure logic is the
+same for both kinds of leg. The handshake is a step of the caller's state machine:
+`handshake()` answers 0 (done) or the readiness it waits for.
+
+`failure_reason(exc)` sorts a failed handshake into a few stable reasons for metrics
+(the full OpenSSL text goes to the debug log).
+"""
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+
+from gateway.loop import READ, WRITE
+from gateway.relay import shutdown_write
+
+RECORD = 16384            # largest TLS plaintext record
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+# handshake failure reasons (metrics label values), in counter order
+REASONS = ("certificate", "no-certificate", "protocol", "timeout", "closed", "other")
+(R_CERTIFICATE, R_NO_CERTIFICATE, R_PROTOCOL, R_TIMEOUT, R_CLOSED, R_OTHER) = range(6)
+
+
+class TlsLeg:
+    """A connected, non-blocking socket wrapped in TLS; owns the socket."""
+    __slots__ = ("sock", "fd")
+
+    def __init__(self, sock: ssl.SSLSocket):
+        self.sock = sock
+        self.fd = sock.fileno()
+
+    @classmethod
+    def client(cls, ctx: ssl.SSLContext, sock: socket.socket, server_name: str) -> "TlsLeg":
+        """The gateway dials a member: verify it as `server_name` (a name or an IP)."""
+        return cls(ctx.wrap_socket(sock, server_side=False, do_handshake_on_connect=False,
+                                   server_hostname=server_name))
+
+    @classmethod
+    def server(cls, ctx: ssl.SSLContext, fd: int) -> "TlsLeg":
+        """A client of the gateway (an accepted fd, now owned by the leg)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        return cls(ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False))
+
+    def handshake(self) -> int:
+        """One step: 0 when done, else READ or WRITE (what to wait for). Raises
+        ssl.SSLError/OSError when the handshake failed."""
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return READ
+        except ssl.SSLWantWriteError:
+            return WRITE
+        return 0
+
+    @property
+    def protocol(self) -> str | None:
+        """The ALPN protocol negotiated, if any."""
+        return self.sock.selected_alpn_protocol()
+
+    def read_into(self, chan) -> int:
+        """Fill `chan` (a CopyChannel) with whole records; 0 at EOF; BlockingIOError
+        when nothing is there."""
+        view, size, recv = chan.view, chan.size, self.sock.recv_into
+        chan.start = 0
+        got = 0
+        eof = False
+        while size - got >= RECORD:
+            try:
+                n = recv(view[got:])
+            except _WANT:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify after ours: OpenSSL raises
+                n = 0
+            if n == 0:
+                eof = True  # close_notify or a bare FIN: reported now or at the next call
+                break
+            got += n
+        if got:
+            return got
+        if eof:
+            return 0
+        raise BlockingIOError
+
+    def write_from(self, chan, count: int) -> int:
+        """Encrypt and send `count` bytes from `chan` at its start; BlockingIOError when
+        the socket is full (OpenSSL keeps its place: retry with the same bytes)."""
+        try:
+            n = self.sock.send(chan.view[chan.start:chan.start + count])
+        except _WANT:
+            raise BlockingIOError from None
+        chan.start += n
+        return n
+
+    def shutdown_write(self) -> None:
+        """Half-close: a close_notify, then a FIN."""
+        try:
+            self.sock._sslobj.shutdown()  # type: ignore[attr-defined]  # close_notify
+        except (ssl.SSLError, OSError, AttributeError):
+            pass
+        shutdown_write(self.fd)  # on the fd: SSLSocket.shutdown() would drop the TLS state
+
+    def close(self, reset: bool = False) -> None:
+        if reset:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self.sock.close()
+
+
+def server_name(label: str) -> str:
+    """The name a member's certificate must match: the host the operator wrote
+    (`https://host:port`, or an SRV target `host:port`), without the port."""
+    text = label.split("://", 1)[-1]
+    if text.startswith("["):
+        return text[1:text.index("]")]
+    return text.rsplit(":", 1)[0] if ":" in text else text
+
+
+def failure_reason(exc: BaseException | None) -> int:
+    """The REASONS index for a failed handshake (None: it timed out)."""
+    if exc is None:
+        return R_TIMEOUT
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return R_CERTIFICATE
+    if isinstance(exc, ssl.SSLEOFError) or isinstance(exc, (ConnectionError, EOFError)):
+        return R_CLOSED
+    if isinstance(exc, ssl.SSLError):
+        reason = str(getattr(exc, "reason", None) or "")
+        if "CERTIFICATE_REQUIRED" in reason or "PEER_DID_NOT_RETURN" in reason:
+            return R_NO_CERTIFICATE
+        if "CERTIFICATE" in reason or "UNKNOWN_CA" in reason:
+            return R_CERTIFICATE
+        if ("VERSION" in reason or "PROTOCOL" in reason or "HTTP_REQUEST" in reason
+                or "NO_SHARED_CIPHER" in reason or "RECORD" in reason):
+            return R_PROTOCOL
+    return R_OTHER
+
+
+def describe_failure(exc: BaseException | None) -> str:
+    if exc is None:
+        return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return str(getattr(exc, "reason", None) or exc).lower().replace("_", " ")
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
