@@ -29,9 +29,9 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 import procs  # noqa: E402
 import report  # noqa: E402
-from peers import GO, OURS, PEERS, make_peer  # noqa: E402
+from peers import GO, OURS, PEERS, TLS_PEERS, TlsBackend, make_peer  # noqa: E402
 from procs import Managed, StartError, free_port, listening, wait_until  # noqa: E402
-from workloads import BACKEND_OF, CLIENTS, RUNNERS, WORKLOADS, Durations  # noqa: E402
+from workloads import BACKEND_OF, CLIENTS, RUNNERS, TLS_WORKLOADS, WORKLOADS, Durations  # noqa: E402
 
 GIVE_UP_AFTER = 2  # consecutive start failures before a peer is skipped for the rest of the run
 FOREIGN_WARN = 0.10  # flag measurements during which other processes used more than this share of the CPUs
@@ -54,6 +54,7 @@ class Context:
         self.haproxy_bin = need("haproxy")
         self.iperf3_bin = need("iperf3")
         self.loadgen = build_loadgen(self.results)
+        self.tls = None  # TlsBackend, made when a tls-* workload runs
 
     def note(self, msg):
         self.notes.append(msg)
@@ -110,6 +111,23 @@ class Context:
         if not wait_until(healthy, 30.0, interval=0.2):
             raise RuntimeError("etcd did not become healthy: " + self.procs["etcd"].log_tail())
 
+    def start_tls_front(self, name):
+        """An HAProxy ending TLS in front of a plain backend: `tls-iperf3`, `tls-echo`."""
+        plain = self.ensure_backend(name[len("tls-"):])
+        if self.tls is None:
+            self.tls = TlsBackend(os.path.join(self.rundir, "tls"))
+        port = free_port()
+        cfg = os.path.join(self.logdir, f"backend-{name}.cfg")
+        with open(cfg, "w") as f:
+            f.write(self.tls.terminator_config(port, plain))
+        self._start(name, [self.haproxy_bin, "-db", "-f", cfg], port)
+
+    def restart_backend(self, name):
+        m = self.procs.pop(name, None)
+        if m:
+            m.stop(grace=3)
+        return self.ensure_backend(name)
+
     def ensure_backend(self, name):
         m = self.procs.get(name)
         if m and m.alive():
@@ -117,7 +135,10 @@ class Context:
         if m:
             self.note(f"backend {name} had died ({m.log_tail(3)!r}); restarting it")
             m.stop(grace=3)
-        {"echo": self.start_echo, "iperf3": self.start_iperf3, "etcd": self.start_etcd}[name]()
+        if name.startswith("tls-"):
+            self.start_tls_front(name)
+        else:
+            {"echo": self.start_echo, "iperf3": self.start_iperf3, "etcd": self.start_etcd}[name]()
         return self.backends[name]
 
     def stop_backends(self):
@@ -241,11 +262,14 @@ def main(argv=None):
                     if name in given_up:
                         failed[name].add(w)
                         continue
+                    tls = w in TLS_WORKLOADS
+                    if tls and name not in TLS_PEERS:
+                        continue  # cannot dial TLS: no row for it (not a failure)
                     backend = ctx.ensure_backend(BACKEND_OF[w])
                     t0 = time.monotonic()
                     load = procs.ForeignLoad()
                     try:
-                        port = peer.start(backend)
+                        port = peer.start(backend, tls=ctx.tls if tls else None)
                     except StartError as e:
                         failed[name].add(w)
                         start_fail_streak[name] += 1

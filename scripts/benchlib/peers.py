@@ -6,9 +6,14 @@ backend and returns once it is ready (its port is LISTENing and, for pre-fork
 peers, all workers are up); `stop()` stops it by PID.  "direct" starts nothing
 and hands out the backend's own port.  A peer that cannot start raises
 StartError; the bench records "failed to start" and moves on.
+
+`start(backend_port, tls=...)` with a `TlsBackend` (the tls-* workloads) makes
+the peer dial the backend with TLS, verifying it against the bench's CA, with a
+full handshake per connection; only TLS_PEERS can.
 """
 import os
 import shutil
+import subprocess
 import time
 
 from procs import Managed, StartError, free_port, listening, tree, wait_until
@@ -16,6 +21,8 @@ from procs import Managed, StartError, free_port, listening, tree, wait_until
 PEERS = ["direct", "etcd-gatewayd", "go-gateway", "haproxy", "haproxy-splice"]
 PROXIES = PEERS[1:]
 OURS, GO, DIRECT = "etcd-gatewayd", "go-gateway", "direct"
+HAPROXY = "haproxy"
+TLS_PEERS = (OURS, HAPROXY)  # peers that can dial a backend with TLS (haproxy-splice cannot splice TLS)
 
 READY_TIMEOUT = 20.0
 
@@ -29,8 +36,9 @@ class Peer:
         self.proc = None
         self.last_log = None
         self.last_rc = None
+        self.tls = None
 
-    def start(self, backend_port):
+    def start(self, backend_port, tls=None):
         raise NotImplementedError
 
     @property
@@ -61,7 +69,7 @@ class Peer:
     def restart(self):
         """A fresh instance in front of the same backend (stops this one by PID); returns the new port."""
         self.stop()
-        return self.start(self.backend_port)
+        return self.start(self.backend_port, tls=self.tls)
 
     def _launch(self, argv, port, expect_procs=1, cwd=None):
         log = os.path.join(self.ctx.logdir, f"{self.name}-{port}.log")
@@ -86,7 +94,7 @@ class Direct(Peer):
     name = DIRECT
     describe = "no proxy: the load generator talks to the backend itself"
 
-    def start(self, backend_port):
+    def start(self, backend_port, tls=None):
         self.backend_port = backend_port
         return backend_port
 
@@ -107,14 +115,17 @@ class Gatewayd(Peer):
         self.workers = os.cpu_count() or 1
         self.describe = f"{self.python} bin/etcd-gatewayd --workers={self.workers} --log-level=warn"
 
-    def start(self, backend_port):
-        self.backend_port = backend_port
+    def start(self, backend_port, tls=None):
+        self.backend_port, self.tls = backend_port, tls
         port = free_port()
+        endpoint = f"127.0.0.1:{backend_port}"
         argv = [
             self.python, os.path.join(self.ctx.repo, "bin", "etcd-gatewayd"),
-            f"--endpoints=127.0.0.1:{backend_port}", f"--listen-addr=127.0.0.1:{port}",
-            f"--workers={self.workers}", "--log-level=warn",
+            f"--endpoints={'https://' + endpoint if tls else endpoint}",
+            f"--listen-addr=127.0.0.1:{port}", f"--workers={self.workers}", "--log-level=warn",
         ]
+        if tls:
+            argv.append(f"--cacert={tls.ca}")
         return self._launch(argv, port, expect_procs=1 + self.workers, cwd=self.ctx.repo)
 
 
@@ -122,7 +133,9 @@ class GoGateway(Peer):
     name = GO
     describe = "etcd gateway start --retry-delay=5s (Debian etcd-server)"
 
-    def start(self, backend_port):
+    def start(self, backend_port, tls=None):
+        if tls:
+            raise StartError("the Go gateway cannot dial members with TLS")
         self.backend_port = backend_port
         port = free_port()
         argv = [
@@ -143,7 +156,7 @@ class HAProxy(Peer):
         n = os.cpu_count() or 1
         self.describe = f"haproxy mode tcp, nbthread {n}" + (", option splice-request + splice-response" if splice else "")
 
-    def config(self, port, backend_port):
+    def config(self, port, backend_port, tls=None):
         n = os.cpu_count() or 1
         lines = [
             "global",
@@ -171,18 +184,67 @@ class HAProxy(Peer):
             f"    bind 127.0.0.1:{port}",
             "    default_backend be",
             "backend be",
-            f"    server s1 127.0.0.1:{backend_port}",
+            f"    server s1 127.0.0.1:{backend_port}" + (
+                f" ssl verify required ca-file {tls.ca} verifyhost {tls.name} no-ssl-reuse" if tls else ""),
             "",
         ]
         return "\n".join(lines)
 
-    def start(self, backend_port):
-        self.backend_port = backend_port
+    def start(self, backend_port, tls=None):
+        if tls and self.splice:
+            raise StartError("haproxy-splice cannot splice a TLS leg; haproxy is the TLS peer")
+        self.backend_port, self.tls = backend_port, tls
         port = free_port()
         cfg = os.path.join(self.ctx.logdir, f"{self.name}-{port}.cfg")
         with open(cfg, "w") as f:
-            f.write(self.config(port, backend_port))
+            f.write(self.config(port, backend_port, tls))
         return self._launch([self.ctx.haproxy_bin, "-db", "-f", cfg], port)
+
+
+class TlsBackend:
+    """The bench's TLS material: a CA, and a certificate for the terminator (EC P-256,
+    SAN IP:127.0.0.1 and DNS:localhost), made with the openssl CLI into `directory`."""
+
+    name = "localhost"
+
+    def __init__(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        self.ca = os.path.join(directory, "ca.crt")
+        ca_key = os.path.join(directory, "ca.key")
+        key = os.path.join(directory, "server.key")
+        csr = os.path.join(directory, "server.csr")
+        ext = os.path.join(directory, "server.ext")
+        crt = os.path.join(directory, "server.crt")
+        self.pem = os.path.join(directory, "server.pem")  # certificate + key, as HAProxy wants
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        _openssl("req", "-x509", *ec, "-keyout", ca_key, "-out", self.ca, "-days", "7",
+                 "-subj", "/CN=bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        _openssl("req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+        _openssl("x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial",
+                 "-days", "7", "-extfile", ext, "-out", crt)
+        with open(self.pem, "w") as out:
+            for path in (crt, key):
+                with open(path) as f:
+                    out.write(f.read())
+
+    def terminator_config(self, port, backend_port):
+        """HAProxy that ends TLS in front of a plain backend (shared by every peer)."""
+        n = os.cpu_count() or 1
+        return "\n".join([
+            "global", f"    nbthread {n}", f"    maxconn {HAPROXY_MAXCONN}",
+            "defaults", "    mode tcp", f"    maxconn {HAPROXY_MAXCONN}", "    timeout connect 5s",
+            "    timeout client 10m", "    timeout server 10m",
+            "frontend fe", f"    bind 127.0.0.1:{port} ssl crt {self.pem}", "    default_backend be",
+            "backend be", f"    server s1 127.0.0.1:{backend_port}", ""])
+
+
+def _openssl(*args):
+    p = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args[:2])} failed: {p.stderr.strip()[-300:]}")
 
 
 def make_peer(name, ctx):

@@ -7,7 +7,7 @@ etcd-gatewayd/direct, and each goal of the issue evaluated on those medians.
 """
 import statistics
 
-from peers import DIRECT, GO, OURS, PEERS
+from peers import DIRECT, GO, HAPROXY, OURS, PEERS
 
 # (metric key, label, goal) ; goal: None | ("go", op, x) | ("abs", op, x) | ("true",)
 ROWS = [
@@ -41,6 +41,12 @@ ROWS = [
     ("idle.9000.survives", "idle 9,000: survives", ("true",)),
     ("idle.9000.fds_per_conn", "idle 9,000: proxy fds/conn", ("abs", "<=", 2.0)),
     ("idle.9000.rss_kib_per_conn", "idle 9,000: proxy RSS KiB/conn", ("abs", "<=", 1.5)),
+    ("tls-bulk.p1.gbps", "TLS origination, bulk 1 stream: Gbit/s", ("haproxy", ">=", 0.8)),
+    ("tls-bulk.p1.cpu_s_per_gb", "TLS origination, bulk 1 stream: proxy CPU s/GB", None),
+    ("tls-rr.c64.rps", "TLS origination, req/resp c=64: requests/s", ("haproxy", ">=", 0.8)),
+    ("tls-rr.c64.p99_us", "TLS origination, req/resp c=64: p99 µs", None),
+    ("tls-churn.c64.cps", "TLS origination, new TLS connections/s (c=64)", ("haproxy", ">=", 0.8)),
+    ("tls-churn.c64.p99_us", "TLS origination, new TLS connections: p99 µs", None),
 ]
 
 # throughput rows used to show that the load generator is not the bottleneck
@@ -101,8 +107,8 @@ def evaluate(goal, summary, key):
     kind = goal[0]
     if kind == "true":
         return "met" if ours is True else "missed"
-    if kind == "go":
-        r = ratio(summary, key, OURS, GO)
+    if kind in ("go", "haproxy"):
+        r = ratio(summary, key, OURS, GO if kind == "go" else HAPROXY)
         if r is None:
             return "n/a"
         _, op, x = goal
@@ -121,7 +127,9 @@ def goal_text(goal):
     if goal[0] == "true":
         return "yes"
     op = "≥" if goal[1] == ">=" else "≤"
-    return f"{op} {goal[2]}x go" if goal[0] == "go" else f"{op} {goal[2]}"
+    if goal[0] in ("go", "haproxy"):
+        return f"{op} {goal[2]}x {goal[0]}"
+    return f"{op} {goal[2]}"
 
 
 def fmt(v):

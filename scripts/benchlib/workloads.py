@@ -1,10 +1,17 @@
-"""The five workloads.  Each takes (ctx, peer, port) and returns {metric: value}.
+"""The workloads.  Each takes (ctx, peer, port) and returns {metric: value}.
 
 design: one measurement = one run of an external load generator (iperf3, or
 the C `loadgen` built from loadgen.c) against `port`, which is either the
 backend itself (direct) or a fresh proxy in front of it.  Every subprocess
 has a timeout; every wait is bounded.  Proxy resources are read from /proc
 over the proxy's whole process tree (master + workers).
+
+The tls-* workloads measure TLS origination, the work a gateway in front of a TLS
+cluster does: the load generator speaks plain TCP to the proxy, and the proxy
+dials the backend with TLS (verifying its certificate, a full handshake per
+connection: no session reuse) through a shared TLS terminator (an HAProxy started
+by the bench, the same for every peer) in front of the iperf3 or echo backend.
+Only peers that can originate TLS take part (TLS_PEERS).
 """
 import json
 import os
@@ -14,7 +21,8 @@ import time
 
 from procs import StartError, tree_stats
 
-WORKLOADS = ["bulk", "rr", "churn", "etcd", "idle"]
+WORKLOADS = ["bulk", "rr", "churn", "etcd", "idle", "tls-bulk", "tls-rr", "tls-churn"]
+TLS_WORKLOADS = ("tls-bulk", "tls-rr", "tls-churn")
 
 CLIENTS = {
     "bulk": "iperf3 -c 127.0.0.1 -p PORT -t D -P 1|8 -Z (Debian iperf3; -Z = sendfile, to spare the "
@@ -30,6 +38,12 @@ CLIENTS = {
             "to etcd's JSON gRPC gateway, POST /v3/kv/put (48-byte values, 256 keys per "
             "connection) or /v3/kv/range (linearizable, one key); one etcd member started by the "
             "bench (default --snapshot-count, fsync on)",
+    "tls-bulk": "iperf3 -P 1 as in bulk; the proxy dials a TLS terminator (HAProxy, bind ssl, "
+                "EC P-256 certificate, TLS 1.3) in front of the iperf3 server",
+    "tls-rr": "loadgen pingpong c=64 as in rr; the proxy dials the TLS terminator in front of the "
+              "echo backend (each connection: one TLS session, reused for every request)",
+    "tls-churn": "loadgen churn c=64 as in churn; every client connection makes the proxy do a new "
+                 "TLS connection (full handshake with verification) to the terminator",
     "idle": "loadgen idle (C), a fresh proxy instance per N, warmed by 128 connections used once and "
             "closed: opens N connections (256 in flight), exchanges 1 byte on each, "
             "waits 1 s, reads RSS and fd counts of all proxy processes (/proc) minus the "
@@ -65,10 +79,10 @@ def _rr_like(ctx, peer, port, mode, conc_list, extra=()):
     return out
 
 
-def bulk(ctx, peer, port):
+def bulk(ctx, peer, port, streams_list=(1, 8), name="bulk", restart=None):
     res = {}
     d = ctx.durations
-    for streams in (1, 8):
+    for streams in streams_list:
         r = None
         for _attempt in range(2):
             before = tree_stats(peer.root_pid) if peer.root_pid else None
@@ -90,16 +104,52 @@ def bulk(ctx, peer, port):
                     r["cpu_s_per_gb"] = cpu / (rx["bytes"] / 1e9) if rx["bytes"] else None
                 break
             ctx.note(f"iperf3 through {peer.name} (-P {streams}) failed: {j.get('error')}; restarting iperf3 server")
-            ctx.restart_iperf3()
+            if restart is None:
+                ctx.restart_iperf3()
+            else:
+                port = restart(peer)
         key = f"p{streams}"
         if r is None:
-            res[f"bulk.{key}.error"] = True
+            res[f"{name}.{key}.error"] = True
             continue
-        res[f"bulk.{key}.gbps"] = r["gbps"]
+        res[f"{name}.{key}.gbps"] = r["gbps"]
         if "cpu_s_per_gb" in r:
-            res[f"bulk.{key}.cpu_s_per_gb"] = r["cpu_s_per_gb"]
-            res[f"bulk.{key}.proxy_cpu_s"] = r["proxy_cpu_s"]
-        res[f"bulk.{key}.gbytes"] = r["bytes"] / 1e9
+            res[f"{name}.{key}.cpu_s_per_gb"] = r["cpu_s_per_gb"]
+            res[f"{name}.{key}.proxy_cpu_s"] = r["proxy_cpu_s"]
+        res[f"{name}.{key}.gbytes"] = r["bytes"] / 1e9
+    return res
+
+
+def _restart_tls_iperf3(ctx):
+    def restart(peer):
+        """A fresh iperf3 server and terminator, and the peer in front of them again."""
+        ctx.restart_iperf3()
+        ctx.restart_backend("tls-iperf3")
+        peer.stop()
+        return peer.start(ctx.backends["tls-iperf3"], tls=ctx.tls)
+    return restart
+
+
+def tls_bulk(ctx, peer, port):
+    return bulk(ctx, peer, port, streams_list=(1,), name="tls-bulk",
+                restart=_restart_tls_iperf3(ctx))
+
+
+def tls_rr(ctx, peer, port):
+    res = {}
+    for c, r in _rr_like(ctx, peer, port, "pingpong", (64,), ("-s", 64)).items():
+        res[f"tls-rr.{c}.rps"] = r["rate"]
+        res[f"tls-rr.{c}.p99_us"] = r["p99_us"]
+        res[f"tls-rr.{c}.errors"] = r["errors"]
+    return res
+
+
+def tls_churn(ctx, peer, port):
+    res = {}
+    for c, r in _rr_like(ctx, peer, port, "churn", (64,), ("-s", 64)).items():
+        res[f"tls-churn.{c}.cps"] = r["rate"]
+        res[f"tls-churn.{c}.p99_us"] = r["p99_us"]
+        res[f"tls-churn.{c}.errors"] = r["errors"]
     return res
 
 
@@ -226,5 +276,7 @@ def idle(ctx, peer, port):
     return res
 
 
-RUNNERS = {"bulk": bulk, "rr": rr, "churn": churn, "etcd": etcd, "idle": idle}
-BACKEND_OF = {"bulk": "iperf3", "rr": "echo", "churn": "echo", "etcd": "etcd", "idle": "echo"}
+RUNNERS = {"bulk": bulk, "rr": rr, "churn": churn, "etcd": etcd, "idle": idle,
+           "tls-bulk": tls_bulk, "tls-rr": tls_rr, "tls-churn": tls_churn}
+BACKEND_OF = {"bulk": "iperf3", "rr": "echo", "churn": "echo", "etcd": "etcd", "idle": "echo",
+              "tls-bulk": "tls-iperf3", "tls-rr": "tls-echo", "tls-churn": "tls-echo"}
