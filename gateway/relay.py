@@ -372,8 +372,8 @@ class Session:
         d.done = True
         if d.wleg is None:
             shutdown_write(d.dst)
-        else:
-            d.wleg.shutdown_write()
+        else:  # a close_notify only once the other direction has read its EOF too
+            d.wleg.shutdown_write(close_notify=(self.down if d is self.up else self.up).done)
 
     # -- teardown ------------------------------------------------------------------
     def close(self) -> None:

@@ -184,6 +184,9 @@ def signature(options: TlsOptions) -> tuple:
 def _base_context(protocol: int) -> ssl.SSLContext:
     ctx = ssl.SSLContext(protocol)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # a peer's FIN at a record boundary is the end of its stream, as Go reads it (the
+    # gateway half-closes a TLS leg that way too: see TlsLeg.shutdown_write)
+    ctx.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     return ctx
 
 

@@ -102,12 +102,16 @@ class TlsLeg:
         chan.start += n
         return n
 
-    def shutdown_write(self) -> None:
-        """Half-close: a close_notify, then a FIN."""
-        try:
-            self.sock._sslobj.shutdown()  # type: ignore[attr-defined]  # close_notify
-        except (ssl.SSLError, OSError, AttributeError):
-            pass
+    def shutdown_write(self, close_notify: bool) -> None:
+        """Half-close: a FIN, after a close_notify when `close_notify` (only once
+        nothing more is to be read from this leg: CPython's shutdown reads on to wait
+        for the peer's close_notify, and OpenSSL drops application data it reads
+        there). A peer reads a FIN at a record boundary as a clean end (Go does)."""
+        if close_notify:
+            try:
+                self.sock._sslobj.shutdown()  # type: ignore[attr-defined]
+            except (ssl.SSLError, OSError, AttributeError):
+                pass
         shutdown_write(self.fd)  # on the fd: SSLSocket.shutdown() would drop the TLS state
 
     def close(self, reset: bool = False) -> None:
