@@ -112,6 +112,7 @@ class Chaos:
         self._cycle = 0
         self._thread: threading.Thread | None = None
         self._deadline = 0.0
+        self._abort = threading.Event()
 
     # -- running -----------------------------------------------------------------------
     def start(self, duration: float) -> None:
@@ -120,15 +121,22 @@ class Chaos:
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        assert self._thread is not None
+        if self._thread is None:
+            return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def abort(self, timeout: float) -> None:
+        """Stop between steps (the soak was interrupted): no restore, nothing restarted."""
+        self._abort.set()
+        self.join(timeout)
+
     def _run(self) -> None:
         try:
-            while self._cycle == 0 or self._time_left():
+            while (self._cycle == 0 or self._time_left()) and not self._abort.is_set():
                 for step in self._steps():
-                    if not self._gateway_alive() or (self._cycle and not self._time_left()):
+                    if self._abort.is_set() or not self._gateway_alive() or (
+                            self._cycle and not self._time_left()):
                         break
                     step()
                     self._settle()
@@ -136,7 +144,8 @@ class Chaos:
         except Exception as exc:  # a fault that could not be staged: report it, go on
             self.record.problems.append(f"chaos step failed: {type(exc).__name__}: {exc}")
         finally:
-            self.restore()
+            if not self._abort.is_set():
+                self.restore()
 
     def _steps(self) -> list[Callable[[], None]]:
         return [self.reload_workers, self.kill_member, self.kill_worker,
@@ -144,10 +153,10 @@ class Chaos:
                 self.connection_burst, self.kill_worker]
 
     def _time_left(self) -> bool:
-        return time.monotonic() < self._deadline
+        return time.monotonic() < self._deadline and not self._abort.is_set()
 
     def _settle(self) -> None:
-        time.sleep(self.gap)
+        self._abort.wait(self.gap)
 
     def _gateway_alive(self) -> bool:
         if self.gw.running():
@@ -190,7 +199,8 @@ class Chaos:
         self.say(f"SIGKILL member {name} (serves the gateway lane's watch)")
         self.cluster.kill(i)
         self.record.did("member kills")
-        time.sleep(self.gap)
+        if self._abort.wait(self.gap):
+            return
         self.say(f"restart member {name}")
         try:
             self.cluster.restart(i, timeout=RESTART_WAIT)
@@ -206,19 +216,20 @@ class Chaos:
         self.cluster.pause(i)
         self.record.did("member SIGSTOPs")
         try:
-            time.sleep(2 * self.gap)
+            self._abort.wait(2 * self.gap)
         finally:
             self.cluster.resume(i)
         self.say(f"SIGCONT member {name}")
 
     def kill_worker(self) -> None:
-        started = {e.get("worker_pid") for e in self.gw.find_logs("started worker")}
+        logged = self.gw.find_logs("started worker")
+        started = {e.get("worker_pid") for e in logged}
         workers = [pid for pid in self.gw.worker_pids() if pid in started]
         if not workers:
             self.record.problems.append("no gateway worker to kill")
             return
         victim = workers[self._cycle % len(workers)]
-        before = len(started)
+        before = len(logged)
         self.say(f"SIGKILL gateway worker pid {victim}")
         os.kill(victim, signal.SIGKILL)
         self.record.did("worker SIGKILLs")

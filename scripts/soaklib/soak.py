@@ -91,6 +91,7 @@ class Soak:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cluster = EtcdCluster(self.workdir / "etcd", size=3)
         self.gw: GatewayProcess | None = None
+        self.chaos: Chaos | None = None
 
     def say(self, text: str) -> None:
         print(f"[soak +{time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
@@ -134,8 +135,8 @@ class Soak:
                  f"{start.rss_mib:.1f} MiB")
 
         gap = min(GAP_MAX, max(GAP_MIN, GAP_SHARE * self.args.duration))
-        chaos = Chaos(self.cluster, self.gw, config, gateway_lane, direct_lane, index,
-                      gap, BURST, self.say)
+        chaos = self.chaos = Chaos(self.cluster, self.gw, config, gateway_lane, direct_lane,
+                                   index, gap, BURST, self.say)
         chaos.start(self.args.duration)
         problems: list[str] = []
         if not chaos.join(self.args.duration + 300):
@@ -212,6 +213,8 @@ class Soak:
                 f"Python {platform.python_version()}, {etcd}")
 
     def stop(self) -> None:
+        if self.chaos is not None:
+            self.chaos.abort(timeout=60)  # no member restarted behind cluster.stop()
         if self.gw is not None:
             self.gw.stop()
         self.cluster.stop()
