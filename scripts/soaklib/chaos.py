@@ -141,7 +141,7 @@ class Chaos:
                     step()
                     self._settle()
                 self._cycle += 1
-        except Exception as exc:  # a fault that could not be staged: report it, go on
+        except Exception as exc:  # noqa: BLE001 - a fault that could not be staged: a FAIL
             self.record.problems.append(f"chaos step failed: {type(exc).__name__}: {exc}")
         finally:
             if not self._abort.is_set():

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from scripts.soaklib.gauge import Footprint
 
 FAILURE_SLACK_MIN = 3
-FAILURE_SLACK_SHARE = 0.002
+FAILURE_SLACK_SHARE = 0.001
 FDS_SLACK = 24
 RSS_SLACK_SHARE = 0.25
 RSS_SLACK_MIB = 16.0

@@ -92,6 +92,7 @@ class Soak:
         self.cluster = EtcdCluster(self.workdir / "etcd", size=3)
         self.gw: GatewayProcess | None = None
         self.chaos: Chaos | None = None
+        self.header = _header(args.duration)   # now: the commit may move while it runs
 
     def say(self, text: str) -> None:
         print(f"[soak +{time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
@@ -163,7 +164,7 @@ class Soak:
             problems.append(f"gateway exited ({self.gw.returncode})")
         gw_fig, direct_fig = figures
         print()
-        print(self._header())
+        print(self.header)
         print(table(gw_fig, direct_fig, start, end, chaos.record.counts))
         for fig in figures:
             for err in fig.errors[:4]:
@@ -203,15 +204,6 @@ class Soak:
             burst_served=burst.served if burst else 0,
             burst_failed=burst.failed if burst else 0, errors=list(s.errors))
 
-    def _header(self) -> str:
-        commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-        if _git("status", "--porcelain", "--untracked-files=no"):
-            commit += "-dirty"
-        etcd = (_run(["etcd", "--version"]).splitlines() or ["etcd ?"])[0]
-        return (f"soak: commit {commit}, duration {self.args.duration:.0f}s, "
-                f"{os.cpu_count()} CPUs, Linux {platform.release()}, "
-                f"Python {platform.python_version()}, {etcd}")
-
     def stop(self) -> None:
         if self.chaos is not None:
             self.chaos.abort(timeout=60)  # no member restarted behind cluster.stop()
@@ -230,6 +222,15 @@ def _run(cmd: list[str]) -> str:
 
 def _git(*args: str) -> str:
     return _run(["git", *args])
+
+
+def _header(duration: float) -> str:
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    etcd = (_run(["etcd", "--version"]).splitlines() or ["etcd ?"])[0]
+    return (f"soak: commit {commit}, duration {duration:.0f}s, {os.cpu_count()} CPUs, "
+            f"Linux {platform.release()}, Python {platform.python_version()}, {etcd}")
 
 
 def _raise_fd_limit() -> None:
@@ -253,7 +254,7 @@ def main(argv: list[str]) -> int:
         reasons = soak.run()
     except (Interrupted, KeyboardInterrupt) as exc:
         reasons = [f"interrupted ({exc or 'SIGINT'})"]
-    except Exception as exc:  # the soak could not run: a failure, said in one line
+    except Exception as exc:  # noqa: BLE001 - the soak could not run: one line, FAIL
         reasons = [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
