@@ -162,7 +162,7 @@ def reader(lane: Lane, n: int, rate: float, stop: threading.Event) -> None:
             t0 = time.monotonic()
             key = lane.prefix + f"w0/{rng.randrange(KEYS_PER_WRITER)}".encode()
             floor = lane.clock.now()
-            answer = _attempts(lane, eps, stop, 
+            answer = _attempts(lane, eps, stop,
                                lambda addr, key=key: client.get(addr, key))
             with lane.lock:
                 if answer is None:
