@@ -60,7 +60,9 @@ def resolve(config: Config) -> Roster:
 def discover_srv(config: Config) -> srv.Discovery:
     """SRV discovery as configured (blocking, bounded), minus self-loops."""
     found = srv.discover(config.discovery_srv, config.discovery_srv_name,
-                         config.insecure_discovery, config.trusted_ca_file,
+                         config.insecure_discovery,
+                         # validated with the CA TLS origination verifies them with
+                         config.cacert or config.trusted_ca_file,
                          config.discovery_srv_resolver, max(DNS_TIMEOUT, config.dial_timeout))
     listens = _listen_resolved(config)
     kept = []

@@ -22,6 +22,7 @@ import pytest
 
 from tests.support import tls as pki_support
 from tests.support.clients import wait_until
+from tests.support.dns import Dnsmasq
 from tests.support.echo import EchoServer
 from tests.support.etcd_cluster import EtcdCluster, MemberTls
 from tests.support.gateway_proc import run_gateway
@@ -206,6 +207,29 @@ def test_member_checks_without_the_client_certificate_take_members_out(
     entry = gw.wait_log("deactivated endpoint", 15,
                         predicate=lambda e: "health check" in e.get("reason", ""))
     assert "https://" in entry["error"] or "TLS" in entry["error"], entry
+
+
+def test_discovery_srv_tls_dials_the_ssl_members_with_tls_verified_by_name(pki, tmp_path,
+                                                                        gateway_factory):
+    # the member's certificate names m1.example.test only: the SRV target is the name
+    # checked, and the client speaks plain text to the gateway
+    cert = pki_support.make_cert(pki.ca, tmp_path, "m1.example.test",
+                                 dns=("m1.example.test",))
+    with Dnsmasq(tmp_path / "dns", "example.test") as dns, \
+            pki_support.TLSEchoServer(cert) as member:
+        dns.set_records({"m1.example.test": "127.0.0.1"}, [
+            ("_etcd-client-ssl._tcp.example.test", "m1.example.test", member.port, 0, 1)])
+        gw = start(gateway_factory, ["--discovery-srv", "example.test",
+                                     "--discovery-srv-resolver", dns.addr,
+                                     "--discovery-srv-refresh", "0", "--discovery-srv-tls",
+                                     "--cacert", pki.ca.cert, "--health-check", "none",
+                                     "--workers", "1"])
+        before = member.handshakes
+        with socket.create_connection(sockaddr(gw.addr), timeout=10) as sock:
+            sock.sendall(b"plain in, TLS out")
+            assert _recv_exactly(sock, 17) == b"plain in, TLS out"
+        assert member.handshakes > before
+        assert sample(metrics_text(gw), "tls_handshakes_total", side="member") == 1
 
 
 # -- termination -------------------------------------------------------------------
