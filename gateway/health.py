@@ -10,8 +10,9 @@ writer or tolerates racing writers that write the same kind of value:
 - `down_at` (0.0 = up, else the CLOCK_MONOTONIC second of the failure, shared by every
   process on the host) is written by any worker that fails to dial and by the master's
   probe; racing writers both write "now", and readmission is compare-and-clear;
-- counters live in a [worker slot][endpoint slot] matrix: each worker writes only its
-  own row, so a counter is never written by two processes; the master folds a dead
+- counters live in a [worker slot][column] matrix (columns: one per endpoint slot,
+  one for gateway-wide counters, one per listener slot, handed out by the master in
+  a cycle like endpoint slots): each worker writes only its own row, so a counter is never written by two processes; the master folds a dead
   worker's row into a `retired` row before the slot is reused, so totals never go back;
 - load aggregates (see `refresh_load`): least-connections and --max-connections need
   the relayed connections of every worker, but a sum over the matrix per accept would
@@ -22,7 +23,10 @@ writer or tolerates racing writers that write the same kind of value:
   `aggregate - seen[own row] + own cell now`: exact for its own connections (its own
   bursts are visible at once), and behind for other workers' by at most what they
   opened or closed since the master's last refresh (one LOAD_REFRESH period, plus the
-  master's scheduling delay). Reading it costs O(members) per accept (O(1) for the
+  master's scheduling delay). So --max-connections can be passed by what other
+  workers accepted within that window (exact with one worker), and least-connections
+  can send one burst spread over several workers to the same member for that long.
+  Reading it costs O(members) per accept (O(1) for the
   gateway-wide count), and the master's refresh O(workers x members) per period,
   with slices, not a Python loop per cell. The limit and the balance policy sit in the
   header, so a reload changes them without replacing workers.
