@@ -581,6 +581,7 @@ class Arbiter:
                         plan.added.append(self._bind(addr, new))
                 plan.dropped = [lst for lst in self.listeners
                                 if lst.addr not in new.listen_addr]
+            self._change_socket_permissions(old, new)  # last: nothing after it can fail
         except BaseException:
             plan.discard(self._close_listener)
             raise
@@ -677,14 +678,29 @@ class Arbiter:
         if self._socket_activated and new.listen_addr != old.listen_addr:
             logger.warning("ignoring --listen-addr: listening where systemd's socket unit "
                            "says (socket activation)")
-        if (new.listen_socket_mode, new.listen_socket_group) != (
+
+    def _change_socket_permissions(self, old: gwconfig.Config, new: gwconfig.Config) -> None:
+        """A reload's new --listen-socket-mode/-group on the unix socket files that stay;
+        if one cannot be changed, those already changed go back and ListenError refuses
+        the reload whole."""
+        if (new.listen_socket_mode, new.listen_socket_group) == (
                 old.listen_socket_mode, old.listen_socket_group):
-            for lst in self.listeners:
-                try:
-                    lst.set_permissions(int(new.listen_socket_mode, 8), new.listen_socket_group)
-                except (OSError, ValueError) as exc:
-                    logger.error("cannot change a unix socket's permissions", extra=gwlog.fields(
-                        address=lst.label, error=getattr(exc, "strerror", None) or str(exc)))
+            return
+        done: list[listeners.Listener] = []
+        for lst in self.listeners:
+            try:
+                lst.set_permissions(int(new.listen_socket_mode, 8), new.listen_socket_group)
+            except (OSError, ValueError) as exc:
+                for back in done:
+                    try:
+                        back.set_permissions(int(old.listen_socket_mode, 8),
+                                             old.listen_socket_group)
+                    except (OSError, ValueError):
+                        pass  # it was set before: setting it back cannot fail
+                raise listeners.ListenError(
+                    f"option --listen-socket-mode/--listen-socket-group: cannot change "
+                    f"{lst.label}: {getattr(exc, 'strerror', None) or exc}") from None
+            done.append(lst)
 
     # -- SRV refresh -------------------------------------------------------------------
     def _schedule_srv_refresh(self) -> None:

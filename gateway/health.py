@@ -12,8 +12,9 @@ writer or tolerates racing writers that write the same kind of value:
   probe; racing writers both write "now", and readmission is compare-and-clear;
 - counters live in a [worker slot][column] matrix (columns: one per endpoint slot,
   one for gateway-wide counters, one per listener slot, handed out by the master in
-  a cycle like endpoint slots): each worker writes only its own row, so a counter is never written by two processes; the master folds a dead
-  worker's row into a `retired` row before the slot is reused, so totals never go back;
+  a cycle like endpoint slots): each worker writes only its own row, so a counter is
+  never written by two processes; the master folds a dead worker's row into a
+  `retired` row before the slot is reused, so totals never go back;
 - load aggregates (see `refresh_load`): least-connections and --max-connections need
   the relayed connections of every worker, but a sum over the matrix per accept would
   cost O(workers x members). So the master, on a short timer (LOAD_REFRESH), sums the
