@@ -189,7 +189,7 @@ class MetricsApp:
         self._endpoint_metrics(out, roster, rows)
 
         out.family("accepted_connections_total", "counter",
-                   "Client connections accepted by the workers.")
+                   "Client connections accepted by the workers (not those --allow-from denied).")
         out.sample("accepted_connections_total", {}, table.counter(GATEWAY, G_ACCEPTED, rows=rows))
         out.family("rejected_connections_total", "counter",
                    "Client connections closed at once (no endpoint up, or overload).")
