@@ -281,6 +281,8 @@ class Arbiter:
     def _worker_settings(self) -> WorkerSettings:
         c = self.config
         return WorkerSettings(dial_timeout=c.dial_timeout,
+                              dial_total_timeout=c.dial_total_timeout,
+                              timeout_fall=c.health_check_fall,
                               shutdown_timeout=c.shutdown_timeout, keepalive=c.keepalive,
                               idle_timeout=c.idle_timeout, log_level=c.log_level,
                               log_format=c.log_format, log_file=c.log_file,

@@ -14,6 +14,11 @@ Policy, per endpoint:
   for another retry delay). Readmission is compare-and-clear: a worker's newer failure
   wins over a probe that started before it.
 - mode none: no checks of up endpoints; re-admission by one TCP connect, as the original.
+- a worker's timed-out dial makes an up endpoint a suspect (health.py): tcp and etcd
+  modes check it at once, and if that check fails it is marked down without waiting
+  for `fall` (the check agrees); if it passes the suspicion is lifted. A check whose
+  connect timed out while clients' dials to the same member succeeded gives no
+  verdict: the member is busy (its accept queue drops SYNs), not dead.
 
 `etcd` mode asks the member's own view: `GET /health` must answer 200 with
 `"health":"true"` within the dial timeout, so a member that is hung (SIGSTOP: the kernel
@@ -55,7 +60,7 @@ class CheckPolicy:
 
 
 class _SlotState:
-    __slots__ = ("key", "fails", "oks", "next_due", "inflight")
+    __slots__ = ("key", "fails", "oks", "next_due", "inflight", "confirming")
 
     def __init__(self, key: tuple):
         self.key = key
@@ -63,6 +68,7 @@ class _SlotState:
         self.oks = 0
         self.next_due = 0.0
         self.inflight: _Check | None = None
+        self.confirming = False  # a check started because a worker's dial timed out
 
 
 CONNECTING, HANDSHAKE, SENDING, READING = "connecting", "handshake", "sending", "reading"
@@ -72,7 +78,7 @@ class _Check:
     """One check of one endpoint: connecting -> [etcd: [handshake ->] sending ->
     reading] -> finished."""
     __slots__ = ("entry", "sock", "timer", "down_at", "http", "phase", "request",
-                 "response", "registered", "leg")
+                 "response", "registered", "leg", "started")
 
     def __init__(self, entry: RosterEntry, sock: socket.socket, down_at: float, http: bool):
         self.entry = entry
@@ -84,6 +90,7 @@ class _Check:
         self.request = b""
         self.response = b""
         self.registered = 0
+        self.started = time.monotonic()
         self.leg: TlsLeg | None = None
 
 
@@ -136,6 +143,9 @@ class Checker:
             if down_at:
                 if now - down_at >= self.policy.retry_delay:
                     self._start(entry, state, down_at)
+            elif self._suspect(entry, state):
+                state.next_due = now + self.policy.interval
+                self._start(entry, state, 0.0)
             elif self.policy.mode != "none" and now >= state.next_due:
                 state.next_due = now + self.policy.interval
                 self._start(entry, state, 0.0)
@@ -143,6 +153,17 @@ class Checker:
             state = self._states.pop(slot)
             if state.inflight is not None:
                 self._teardown(state.inflight)
+
+    def _suspect(self, entry: RosterEntry, state: _SlotState) -> bool:
+        """True once per suspicion: a worker's dial to this up member timed out (tcp
+        and etcd modes check it at once; a failing check then agrees, see _failed)."""
+        if not self.table.dial_timeouts(entry.slot):
+            state.confirming = False
+            return False
+        if state.confirming or self.policy.mode == "none":
+            return False
+        state.confirming = True
+        return True
 
     def _state_for(self, entry: RosterEntry) -> _SlotState:
         key = entry.endpoint.sockaddr
@@ -239,6 +260,16 @@ class Checker:
 
     def _timeout(self, check: _Check) -> None:
         ep = check.entry.endpoint
+        if check.phase == CONNECTING and self.table.last_dial_ok(check.entry.slot) >= check.started:
+            # the member accepted a client's dial while this connect waited: busy (a
+            # full accept queue drops SYNs), not dead; no verdict either way
+            self._teardown(check)
+            state = self._states.get(check.entry.slot)
+            if state is not None and state.inflight is check:
+                state.inflight = None
+            logger.debug("health check connect timed out while dials succeed: no verdict",
+                         extra=gwlog.fields(address=ep.address))
+            return
         what = (f"dial tcp {ep.address}: i/o timeout" if check.phase == CONNECTING
                 else f"TLS handshake with {ep.address}: no answer" if check.phase == HANDSHAKE
                 else f"GET {self._scheme}://{ep.address}/health: no answer")
@@ -267,6 +298,8 @@ class Checker:
     # -- verdicts --------------------------------------------------------------------
     def _passed(self, check: _Check, state: _SlotState) -> None:
         state.fails = 0
+        if state.confirming:  # the suspicion of a timed-out dial is lifted
+            self.table.clear_dial_timeouts(check.entry.slot)
         if not check.down_at:
             return
         state.oks += 1
@@ -288,6 +321,16 @@ class Checker:
             logger.warning("failed to activate endpoint (stay inactive for another interval)",
                            extra=gwlog.fields(address=address,
                                               interval=self.policy.retry_delay, error=error))
+            return
+        if state.confirming and table.dial_timeouts(slot):
+            # a client's dial timed out and this check agrees: dead, not busy
+            table.clear_dial_timeouts(slot)
+            state.fails = 0
+            if table.mark_down(slot, error):
+                logger.warning("deactivated endpoint", extra=gwlog.fields(
+                    address=address, interval=self.policy.retry_delay, error=error,
+                    reason=f"a dial timed out and the health check ({self.policy.mode}) "
+                           "agrees"))
             return
         state.fails += 1
         if state.fails >= self.policy.fall and table.mark_down(slot, error):

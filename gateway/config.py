@@ -267,8 +267,15 @@ OPTIONS: tuple[Option, ...] = (
            "How long an endpoint stays out after a failure before it is probed again.",
            metavar="DURATION"),
     Option("dial-timeout", _duration, "1s",
-           "Bound on each connect to a member; a timeout counts as a failure.",
-           origin="new", metavar="DURATION"),
+           "Bound on each connect to a member. A refused connect marks the member down at "
+           "once; a timed-out one moves the client to the next member, and marks it down "
+           "only after --health-check-fall of them in a row with no successful dial "
+           "between (or when a health check agrees).", origin="new", metavar="DURATION"),
+    Option("dial-total-timeout", _duration, "10s",
+           "How long a client may wait for a member in all: when every member's dial "
+           "timed out (busy: a full accept queue drops SYNs), the members are dialled "
+           "again, round after round, until this bound; then the client is closed. "
+           "Refused members are not waited for.", origin="new", metavar="DURATION"),
     Option("workers", _workers, _default_workers,
            "Worker processes that accept and relay (default: CPUs available).",
            origin="new", metavar="N"),
@@ -294,7 +301,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("health-check-interval", _duration, "5s",
            "How often every member is checked.", origin="new", metavar="DURATION"),
     Option("health-check-fall", _count, "2",
-           "Consecutive failed checks that mark a member down.", origin="new", metavar="N"),
+           "Consecutive failed checks, or timed-out dials with no successful dial between, "
+           "that mark a member down.", origin="new", metavar="N"),
     Option("health-check-rise", _count, "2",
            "Consecutive good checks that readmit a member (after its retry delay).",
            origin="new", metavar="N"),
@@ -361,6 +369,7 @@ class Config:
     discovery_srv_refresh: float
     retry_delay: float
     dial_timeout: float
+    dial_total_timeout: float
     workers: int
     worker_timeout: float
     keepalive: float

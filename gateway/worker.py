@@ -6,9 +6,15 @@ The listeners (TCP and unix, from listeners.py) are shared with the other worker
 in bounded batches, and counts accepts per listener. A client of a unix listener has
 no TCP options: nothing here sets or assumes one on a client socket. For each client the worker asks the
 picker for an ordered list of members and dials them in turn with a non-blocking
-connect bounded by `dial_timeout`; a failure marks the member down in the shared table
-(every worker sees it at once) and the next candidate is tried for the same client.
-Only when all have failed is the client closed (and counted as rejected).
+connect bounded by `dial_timeout`, and the next candidate is tried for the same client
+when one fails. A refused or unreachable member is marked down in the shared table at
+once (every worker sees it); a timed-out connect is a weaker signal (a member whose
+accept queue overflows drops SYNs): it counts toward marking the member down only if
+no dial to it succeeded meanwhile, and `timeout_fall` in a row are needed (health.py);
+until then the member is a suspect, offered after the others. When every candidate
+failed and one of them timed out, the client is dialled round again until its total
+wait (`dial_total_timeout`) is over; only then, or when all refused, is it closed (and
+counted as rejected).
 
 Accepting is a small state machine (`Accepting`): OPEN (every listener registered),
 FULL (--max-connections reached across all workers: listeners unregistered, so new
@@ -71,6 +77,7 @@ from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
 ACCEPT_BATCH = 64
 CLIENT_HELLO_TIMEOUT = 10.0  # seconds for a client's TLS handshake, or its first bytes
+MIN_DIAL = 0.1           # the shortest dial of a later round (see _dial_bound)
 ACCEPT_PAUSE = 0.25      # seconds without accepting after EMFILE/ENFILE
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
@@ -95,6 +102,8 @@ logger = gwlog.get("worker")
 @dataclass(frozen=True)
 class WorkerSettings:
     dial_timeout: float
+    dial_total_timeout: float   # a client whose dials time out is tried again until this
+    timeout_fall: int           # timed-out dials in a row that mark a member down
     shutdown_timeout: float
     log_level: str
     log_format: str
@@ -116,7 +125,8 @@ class Dial:
     """One client (its fd) on its way to a member: its phase, the candidates left and
     the attempt under way; `ctls`/`utls` are its TLS legs once they exist."""
     __slots__ = ("client", "peer", "candidates", "next", "sock", "entry", "timer",
-                 "started", "phase", "ctls", "utls", "cmask", "umask", "protocol")
+                 "started", "phase", "ctls", "utls", "cmask", "umask", "protocol",
+                 "deadline", "busy", "rounds")
 
     def __init__(self, client: int, peer: tuple | str, phase: DialPhase):
         self.client = client
@@ -133,6 +143,9 @@ class Dial:
         self.cmask = 0          # the client fd's registration while in a client phase
         self.umask = 0          # the member socket's registration while dialling
         self.protocol = gwtls.HTTP11  # the ALPN the member leg offers (originating)
+        self.deadline = 0.0     # monotonic: no new round of dials after this
+        self.busy = False       # a connect of this round timed out (rather than refused)
+        self.rounds = 0
 
 
 class Worker:
@@ -177,6 +190,7 @@ class Worker:
         self._reject_log = gwlog.Throttle()
         self._all_down_log = gwlog.Throttle()
         self._tls_reload_log = gwlog.Throttle()
+        self._timeout_log = gwlog.Throttle()
 
     # -- life ------------------------------------------------------------------------
     def run(self) -> int:
@@ -571,10 +585,8 @@ class Worker:
 
     # -- dialing ---------------------------------------------------------------------
     def _start_dial(self, dial: Dial) -> None:
-        roster = self._current_roster()
-        table = self.table
-        up = [table.is_up(e.slot) for e in roster]
-        dial.candidates = self._candidates(roster, up)
+        roster, up, dial.candidates = self._dial_candidates()
+        dial.deadline = time.monotonic() + self.settings.dial_total_timeout
         if not any(up) and roster:
             suppressed = self._all_down_log.allow()
             if suppressed is not None:
@@ -584,9 +596,48 @@ class Worker:
                                    repeats=suppressed))
         self._dial_next(dial)
 
+    def _dial_candidates(self) -> tuple[list[RosterEntry], list[bool], list[RosterEntry]]:
+        """(roster, up marks, candidates in dial order) for one round of dials. Suspect
+        members (their latest dials timed out; not yet marked down) go after the other
+        healthy ones: a black-holed member among live ones costs the clients that meet
+        it first one dial timeout each, and the others nothing."""
+        roster = self._current_roster()
+        table = self.table
+        up = [table.is_up(e.slot) for e in roster]
+        candidates = self._candidates(roster, up)
+        if len(candidates) > 1:
+            candidates.sort(key=self._dial_rank)  # stable: the picker's order within a rank
+        return roster, up, candidates
+
+    def _dial_rank(self, entry: RosterEntry) -> int:
+        """0 up, 1 up but suspect, 2 marked down (the picker puts those last)."""
+        table = self.table
+        if not table.is_up(entry.slot):
+            return 2
+        return 1 if table.dial_timeouts(entry.slot) else 0
+
+    def _next_round(self, dial: Dial) -> bool:
+        """Every candidate failed. If one of them timed out (busy, or a lost SYN) and
+        the client's total wait (--dial-total-timeout) is not over, start another
+        round at once (a timeout has already waited); False: the client is rejected."""
+        if not dial.busy or time.monotonic() >= dial.deadline:
+            return False
+        dial.candidates = self._dial_candidates()[2]
+        dial.next, dial.busy = 0, False
+        dial.rounds += 1
+        return bool(dial.candidates)
+
+    def _dial_bound(self, dial: Dial) -> float:
+        """The first round dials each candidate for a full dial timeout (as the original
+        does); later rounds stop at the client's total deadline."""
+        if dial.rounds == 0:
+            return self.settings.dial_timeout
+        return min(self.settings.dial_timeout, max(MIN_DIAL, dial.deadline - dial.started))
+
     def _dial_next(self, dial: Dial) -> None:
-        """Try candidates until one connects or is in progress; reject when none left."""
-        while dial.next < len(dial.candidates):
+        """Try candidates until one connects or is in progress; when none is left, go
+        round again while the client may still wait (see _next_round), else reject."""
+        while dial.next < len(dial.candidates) or self._next_round(dial):
             entry = dial.candidates[dial.next]
             dial.next += 1
             ep = entry.endpoint
@@ -617,7 +668,8 @@ class Worker:
                 return
             sock.close()
             self._dial_failed(entry, connect_error(ep.address, err))
-        self._reject(dial, "no endpoint could be reached")
+        self._reject(dial, "no endpoint could be reached" if not dial.rounds else
+                     f"no endpoint could be reached in {dial.rounds + 1} rounds of dials")
 
     def _attempt(self, dial: Dial, sock: socket.socket, entry: RosterEntry) -> None:
         """A connect to `entry` is under way (it counts toward the member's load)."""
@@ -628,7 +680,7 @@ class Worker:
         if dial.timer is None:
             assert self.loop is not None
             dial.timer = self.loop.call_later(
-                max(0.0, dial.started + self.settings.dial_timeout - time.monotonic()),
+                max(0.0, dial.started + self._dial_bound(dial) - time.monotonic()),
                 functools.partial(self._on_dial_timeout, dial))
 
     def _watch_member(self, dial: Dial, mask: int) -> None:
@@ -697,7 +749,8 @@ class Worker:
             self._member_handshake_failed(dial, None)
             return
         self._attempt_failed(dial, f"dial tcp {dial.entry.endpoint.address}: i/o timeout "
-                                   f"(dial timeout {self.settings.dial_timeout:g}s)")
+                                   f"(dial timeout {self.settings.dial_timeout:g}s)",
+                             timed_out=True)
 
     def _drop_attempt(self, dial: Dial) -> None:
         """Forget the connect (or handshake) under way: its registration, its timer
@@ -717,13 +770,38 @@ class Worker:
             self._undial(dial.entry)
             dial.entry = None
 
-    def _attempt_failed(self, dial: Dial, error: str) -> None:
-        """The connect under way failed: drop its socket, mark the member, go on."""
+    def _attempt_failed(self, dial: Dial, error: str, timed_out: bool = False) -> None:
+        """The connect under way failed: drop its socket, judge the member, go on."""
         entry = dial.entry
         assert entry is not None
         self._drop_attempt(dial)
-        self._dial_failed(entry, error)
+        if timed_out:
+            dial.busy = True
+            self._dial_timed_out(entry, dial.started, error)
+        else:
+            self._dial_failed(entry, error)
         self._dial_next(dial)
+
+    def _dial_timed_out(self, entry: RosterEntry, started: float, error: str) -> None:
+        """A timeout is a weak signal (a full accept queue drops SYNs too): the member
+        is marked down only after `timeout_fall` timed-out dials in a row, none of
+        them overtaken by a successful dial (health.py), or when a check agrees."""
+        table = self.table
+        slot = entry.slot
+        table.add_at(table.counter_offset(self.index, slot, C_DIAL_FAILURES), 1)
+        in_a_row = table.note_dial_timeout(slot, started)
+        if in_a_row >= self.settings.timeout_fall:
+            table.clear_dial_timeouts(slot)
+            if table.mark_down(slot, error):
+                logger.warning("deactivated endpoint", extra=gwlog.fields(
+                    address=entry.endpoint.address, interval=table.retry_delay, error=error,
+                    reason=f"{in_a_row} dials in a row timed out"))
+            return
+        suppressed = self._timeout_log.allow()
+        if suppressed is not None:
+            logger.info("dial timed out; member kept in rotation", extra=gwlog.fields(
+                address=entry.endpoint.address, error=error, timeouts_in_a_row=in_a_row,
+                busy=in_a_row == 0, repeats=suppressed))
 
     def _dial_failed(self, entry: RosterEntry, error: str) -> None:
         table = self.table
@@ -781,7 +859,9 @@ class Worker:
             session.peer, session.started = dial.peer, dial.started
         table.add_at(table.counter_offset(self.index, slot, C_CONNECTIONS), 1)
         table.add_at(table.counter_offset(self.index, slot, C_ACTIVE), 1)
-        table.observe_dial(self.index, slot, time.monotonic() - dial.started)
+        now = time.monotonic()
+        table.note_dial_ok(slot, now)  # alive: timed-out dials started before it are void
+        table.observe_dial(self.index, slot, now - dial.started)
         self.session_count += 1
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it

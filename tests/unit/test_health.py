@@ -240,3 +240,60 @@ def test_a_busy_slot_is_taken_only_when_no_other_slot_is_free():
     table.add_at(table.counter_offset(worker, old, C_ACTIVE), 1)
     roster = table.publish([ep(2), ep(3)])  # two newcomers, two slots: one is the busy one
     assert sorted(e.slot for e in roster) == [0, 1]
+
+
+# -- timed-out dials: busy or dead --------------------------------------------------
+def test_timed_out_dials_count_in_a_row_and_a_success_clears_them():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    assert table.note_dial_timeout(slot, started=10.0) == 1
+    assert table.note_dial_timeout(slot, started=11.0) == 2
+    table.note_dial_ok(slot, now=12.0)
+    assert table.dial_timeouts(slot) == 0
+    assert table.note_dial_timeout(slot, started=13.0) == 1
+
+
+def test_a_timeout_overtaken_by_a_successful_dial_does_not_count():
+    # the member accepted someone while this SYN waited: busy, not dead
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    table.note_dial_ok(slot, now=20.5)
+    assert table.note_dial_timeout(slot, started=20.0) == 0
+    assert table.dial_timeouts(slot) == 0
+
+
+def test_readmission_clears_the_timed_out_dials():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    table.note_dial_timeout(slot, started=1.0)
+    table.mark_down(slot, "i/o timeout")
+    assert table.mark_up(slot)
+    assert table.dial_timeouts(slot) == 0
+
+
+# -- worker slots and heartbeats ----------------------------------------------------
+def test_no_free_worker_slot_is_a_distinct_error():
+    from gateway.health import NoWorkerSlot
+
+    table = HealthTable(max_workers=2)
+    table.claim_worker_slot(1)
+    table.claim_worker_slot(2)
+    try:
+        table.claim_worker_slot(3)
+    except NoWorkerSlot:
+        pass
+    else:
+        raise AssertionError("a third worker got a slot out of two")
+
+
+def test_a_heartbeat_is_seen_by_the_master_and_a_new_slot_starts_without_one():
+    table = HealthTable(max_workers=2)
+    index = table.claim_worker_slot(1)
+    pid = os.fork()
+    if pid == 0:
+        table.beat(index, 123.5)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert table.last_beat(index) == 123.5
+    table.release_worker_slot(index)
+    assert table.last_beat(table.claim_worker_slot(2)) == 0.0

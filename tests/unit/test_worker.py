@@ -9,7 +9,8 @@ from gateway.loop import Loop
 from gateway.relay import ChannelPool, Session
 from gateway.worker import SERVING, Worker, WorkerSettings
 
-SETTINGS = WorkerSettings(dial_timeout=1.0, shutdown_timeout=5.0,
+SETTINGS = WorkerSettings(dial_timeout=1.0, dial_total_timeout=10.0, timeout_fall=2,
+                          shutdown_timeout=5.0,
                           log_level="error", log_format="json", log_file="")
 
 
