@@ -78,6 +78,7 @@ from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 ACCEPT_BATCH = 64
 CLIENT_HELLO_TIMEOUT = 10.0  # seconds for a client's TLS handshake, or its first bytes
 MIN_DIAL = 0.1           # the shortest dial of a later round (see _dial_bound)
+SNIFF_RETRY = 0.005          # seconds between looks at a client's first bytes, once some came
 ACCEPT_PAUSE = 0.25      # seconds without accepting after EMFILE/ENFILE
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
@@ -531,10 +532,20 @@ class Worker:
                 self._client_left(dial, "closed before speaking")
                 return
             if len(head) < 4 and _H2_PREFACE.startswith(head):
-                return  # wait for the rest of the preface's first word
+                # the rest of the preface's first word is not here yet; the bytes stay
+                # in the socket (peeked), so a level-triggered READ would fire at once
+                # again: look again a moment later instead
+                self._watch_client(dial, 0)
+                assert self.loop is not None
+                self.loop.call_later(SNIFF_RETRY, functools.partial(self._sniff_again, dial))
+                return
             dial.protocol = gwtls.H2 if head == _H2_PREFACE else gwtls.HTTP11
         self._end_client_phase(dial)
         self._start_dial(dial)
+
+    def _sniff_again(self, dial: Dial) -> None:
+        if dial.phase == DialPhase.SNIFF and dial.client >= 0:
+            self._client_step(dial)
 
     def _end_client_phase(self, dial: Dial) -> None:
         if dial.cmask:

@@ -139,6 +139,19 @@ def test_http_clients_and_grpc_clients_both_reach_a_tls_cluster(pki, tls_cluster
     assert status.returncode == 0, status.stderr
 
 
+def test_an_http2_preface_split_across_packets_still_reaches_etcd_as_h2(
+        pki, tls_cluster, gateway_factory):
+    gw = start(gateway_factory, originating(pki, tls_cluster), metrics=False)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+    with socket.create_connection(sockaddr(gw.addr), timeout=10) as sock:
+        sock.sendall(preface[:2])
+        time.sleep(0.3)  # the gateway has seen "PR": h2 or not is not known yet
+        sock.sendall(preface[2:] + settings)
+        head = _recv_exactly(sock, 9)
+    assert len(head) == 9 and head[3] == 0x04, head  # etcd answered with HTTP/2 SETTINGS
+
+
 def test_a_large_value_crosses_both_tls_legs_intact(pki, tls_cluster, gateway_factory):
     gw = start(gateway_factory, [*originating(pki, tls_cluster), "--cert-file",
                                  pki.gateway.cert, "--key-file", pki.gateway.key],
