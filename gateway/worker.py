@@ -78,7 +78,7 @@ from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 ACCEPT_BATCH = 64
 CLIENT_HELLO_TIMEOUT = 10.0  # seconds for a client's TLS handshake, or its first bytes
 MIN_DIAL = 0.1           # the shortest dial of a later round (see _dial_bound)
-SNIFF_RETRY = 0.005          # seconds between looks at a client's first bytes, once some came
+SNIFF_RETRY = 0.005      # seconds between looks at a client's first bytes, once some came
 ACCEPT_PAUSE = 0.25      # seconds without accepting after EMFILE/ENFILE
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
@@ -749,8 +749,9 @@ class Worker:
         table = self.table
         table.add_at(table.counter_offset(self.index, GATEWAY,
                                           tls_counter(TLS_MEMBER, failure_reason(exc))), 1)
+        # a handshake that ran out of time is as weak a signal as a connect that did
         self._attempt_failed(dial, f"TLS handshake with {dial.entry.endpoint.address}: "
-                                   f"{describe_failure(exc)}")
+                                   f"{describe_failure(exc)}", timed_out=exc is None)
 
     def _on_dial_timeout(self, dial: Dial) -> None:
         dial.timer = None
