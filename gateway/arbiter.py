@@ -4,7 +4,9 @@ design: single-threaded, on its own small loop. Signal handlers only record (see
 loop.py); `on_signal` changes the desired state and one `manage_workers()` makes
 reality match it (gunicorn's arbiter). The master never accepts or touches a client
 socket; it forks workers, reaps and replaces them, probes members marked down, and
-re-reads its configuration on SIGHUP.
+re-reads its configuration on SIGHUP. Endpoint lookups after start (SRV records, host
+names in --endpoints) run in a child (gateway/resolver.py); `_publish_roster` is the one
+place a new roster reaches the table while running, and it logs what changed.
 
 TLS files (gateway/tls.py) are loaded before anything binds, again on SIGHUP, and
 whenever their signature (inode, size, mtime) changed at a `--tls-reload-interval`
@@ -29,11 +31,11 @@ from dataclasses import dataclass
 
 from gateway import config as gwconfig
 from gateway import tls as gwtls
-from gateway import __version__, discovery, listeners, sysd
+from gateway import __version__, discovery, listeners, resolver, sysd
 from gateway.addresses import ListenAddr
 from gateway import log as gwlog
-from gateway.health import (G_WORKER_TIMEOUTS, GATEWAY, LOAD_REFRESH, RFC2782, ROUND_ROBIN,
-                            Balance, HealthTable, NoWorkerSlot)
+from gateway.health import (G_WORKER_TIMEOUTS, GATEWAY, LOAD_REFRESH, ROUND_ROBIN, Balance,
+                            Endpoint, HealthTable, NoWorkerSlot)
 from gateway.httpd import HttpServer, bind_http
 from gateway.loop import Loop, Timer
 from gateway.metrics import GatewayInfo, MetricsApp
@@ -103,8 +105,10 @@ class Arbiter:
         self._fork_retry: Timer | None = None
         self._no_slot_log = gwlog.Throttle(10.0)
         self._last_watch = 0.0
-        self._srv_refresh: discovery.SrvRefresh | None = None
-        self._srv_timer: Timer | None = None
+        self.resolver = resolver.Resolver(self.loop, self.table, self.config,
+                                          self._lookup_done, HANDLED)
+        self._unresolved: set[str] = set()       # names now kept at their last addresses
+        self.resolution_failures: dict[str, int] = {}   # name -> failed lookups
         self.http: HttpServer | None = None
         self.reloads = 0
         self.cpu_offsets: dict[int, float] = {}  # CPU seconds of dead workers, per index
@@ -142,6 +146,7 @@ class Arbiter:
     def _serve(self, endpoints: list, policy: int) -> int:
         self.http = self._open_metrics(self.config.metrics_addr)
         self.table.publish(endpoints, policy)
+        self.resolver.remember_marks()
         self._set_load_policy(self.config)
         self._refresh_load()
         self.table.set_retry_delay(self.config.retry_delay)
@@ -156,7 +161,7 @@ class Arbiter:
         self.checker.start()
         self._last_watch = time.monotonic()
         self.loop.call_later(WATCH_PERIOD, self._watch_workers)
-        self._schedule_srv_refresh()
+        self.resolver.start()
         self._act_on_startup_signals(during_startup)
         self._schedule_tls_watch()
         try:
@@ -170,8 +175,7 @@ class Arbiter:
         self.checker.close()
         if self.http is not None:
             self.http.close()
-        if self._srv_refresh is not None:
-            self._srv_refresh.cancel()
+        self.resolver.close()
         logger.info("stopped", extra=gwlog.fields(status=self.exit_status))
         return self.exit_status
 
@@ -267,7 +271,8 @@ class Arbiter:
                            desired_workers=self.desired_workers, reloads_total=self.reloads,
                            cpu_offsets=dict(self.cpu_offsets), version=__version__,
                            draining=self.state != RUNNING,
-                           certificates=[c.as_json() for c in self.tls.certificates])
+                           certificates=[c.as_json() for c in self.tls.certificates],
+                           resolution_failures=dict(self.resolution_failures))
 
     def _set_load_policy(self, config: gwconfig.Config) -> None:
         self.table.set_load_policy(config.max_connections, _BALANCES[config.balance])
@@ -360,8 +365,7 @@ class Arbiter:
             if self.http is not None:
                 self.http.close_after_fork()
             self.checker.close_after_fork()
-            if self._srv_refresh is not None:
-                self._srv_refresh.close_after_fork()
+            self.resolver.close_after_fork()
             self.loop.close()
             for signum in HANDLED:
                 signal.signal(signum, signal.SIG_DFL)
@@ -388,7 +392,7 @@ class Arbiter:
                 return
             record = self.workers.pop(pid, None)
             if record is None:
-                continue  # an SRV refresh child
+                continue  # a lookup child
             self.cpu_offsets[record.index] = (self.cpu_offsets.get(record.index, 0.0)
                                               + usage.ru_utime + usage.ru_stime)
             self.table.release_worker_slot(record.index)
@@ -565,8 +569,10 @@ class Arbiter:
         tls_options = gwtls.options_from(new)
         tls_signature = gwtls.signature(tls_options)
         tls_material = gwtls.load(tls_options)  # SIGHUP re-reads every TLS file
-        # SRV answers arrive later, from a refresh child; static ones are resolved now
-        endpoints = None if new.discovery_srv else discovery.resolve_static(new)
+        # names and SRV records are looked up later, in a child: for now the IP
+        # literals and the addresses the names still configured have
+        endpoints = None if new.discovery_srv else discovery.provisional(
+            new, self.table.roster())
         gwconfig.check_log_file(new.log_file)
         plan = _ReloadPlan(new, endpoints)
         plan.tls, plan.tls_signature = tls_material, tls_signature
@@ -598,9 +604,9 @@ class Arbiter:
         self._apply_listeners(plan, old, new)
         self.reloads += 1
         old_addresses = [e.endpoint.address for e in self.table.roster()]
-        if plan.endpoints is not None:
-            self.table.publish(plan.endpoints, ROUND_ROBIN)
         self.config = new
+        if plan.endpoints:  # empty: only new names, published when they resolve
+            self._publish_roster(plan.endpoints, ROUND_ROBIN, "SIGHUP")
         self._set_load_policy(new)
         self.table.set_retry_delay(new.retry_delay)  # workers only log it: not a setting
         self._tls_signature, self._tls_failed_signature = plan.tls_signature, None
@@ -617,9 +623,8 @@ class Arbiter:
             endpoints=[e.endpoint.address for e in self.table.roster()],
             previous_endpoints=old_addresses))
         self.manage_workers()
-        if new.discovery_srv:
-            self._start_srv_refresh()
-        self._schedule_srv_refresh()
+        self.resolver.configure(new)
+        self.resolver.lookup_now()
         self._schedule_tls_watch()
 
     # -- TLS files ---------------------------------------------------------------------
@@ -704,51 +709,65 @@ class Arbiter:
                     f"{lst.label}: {getattr(exc, 'strerror', None) or exc}") from None
             done.append(lst)
 
-    # -- SRV refresh -------------------------------------------------------------------
-    def _schedule_srv_refresh(self) -> None:
-        if self._srv_timer is not None:
-            self._srv_timer.cancel()
-            self._srv_timer = None
-        period = discovery.refresh_period(self.config)
-        if period is not None:
-            self._srv_timer = self.loop.call_later(period, self._srv_tick)
-
-    def _srv_tick(self) -> None:
-        self._srv_timer = None
-        self._schedule_srv_refresh()  # first: whatever happens below, the next one comes
-        if self._srv_refresh is None or not self._srv_refresh.running:
-            self._start_srv_refresh()  # a slow refresh is left to finish, not restarted
-
-    def _start_srv_refresh(self) -> None:
-        """Start a refresh; one still running is cancelled (after SIGHUP its question
-        may be stale: the configuration changed)."""
-        if self.state != RUNNING or not self.config.discovery_srv:
-            return
-        if self._srv_refresh is not None and self._srv_refresh.running:
-            self._srv_refresh.cancel()
-        self._srv_refresh = discovery.SrvRefresh(self.loop, self.config, self._srv_done,
-                                                 HANDLED)
-        self._srv_refresh.start()
-
-    def _srv_done(self, found) -> None:
-        """Publish what a refresh found; an empty or failed one keeps the last good set."""
-        if self.state != RUNNING or not self.config.discovery_srv:
-            return
-        if not found.endpoints:
+    # -- lookups and the roster --------------------------------------------------------
+    def _lookup_done(self, config: gwconfig.Config, answer: discovery.Answer) -> None:
+        """A lookup's answer (from the resolver's child): publish it. An empty or failed
+        one keeps the last good set; a name that did not resolve kept its addresses."""
+        if self.state != RUNNING or config is not self.config:
+            return  # stale: the configuration changed since it was asked
+        if answer.endpoints or answer.unresolved:  # else the lookup itself failed
+            self._note_unresolved(answer)
+        if config.discovery_srv and not answer.endpoints:
             logger.warning("SRV refresh found nothing usable; keeping the last good set",
-                           extra=gwlog.fields(**{"srv-server": self.config.discovery_srv,
-                                                 "errors": found.errors}))
+                           extra=gwlog.fields(**{"srv-server": config.discovery_srv,
+                                                 "errors": answer.errors}))
             return
-        current = {(e.endpoint.sockaddr, e.endpoint.priority, e.endpoint.weight)
-                   for e in self.table.roster()}
-        wanted = {(ep.sockaddr, ep.priority, ep.weight) for ep in found.endpoints}
-        if current == wanted and self.table.policy == RFC2782:
+        if not answer.endpoints:
+            logger.warning("no endpoint name resolved; keeping the current endpoints",
+                           extra=gwlog.fields(errors=answer.errors))
             return
-        before = [e.endpoint.address for e in self.table.roster()]
-        self.table.publish(found.endpoints, RFC2782)
-        logger.info("endpoints changed", extra=gwlog.fields(
-            endpoints=[ep.address for ep in found.endpoints], previous=before,
-            source=f"SRV {self.config.discovery_srv}"))
+        source = f"SRV {config.discovery_srv}" if config.discovery_srv else "DNS"
+        self._publish_roster(answer.endpoints, answer.policy, source)
+
+    def _note_unresolved(self, answer: discovery.Answer) -> None:
+        """Count every failed name; log when a name stops and starts resolving again."""
+        now = set(answer.unresolved)
+        for name in answer.unresolved:
+            self.resolution_failures[name] = self.resolution_failures.get(name, 0) + 1
+        for name in sorted(now - self._unresolved):
+            errors = [e for e in answer.errors if repr(name) in e]
+            logger.warning("endpoint name does not resolve; keeping its last known "
+                           "addresses", extra=gwlog.fields(
+                               name=name, error=errors[0] if errors else "",
+                               addresses=[ep.address for ep in answer.endpoints
+                                          if ep.label == name]))
+        for name in sorted(self._unresolved - now):
+            logger.info("endpoint name resolves again", extra=gwlog.fields(name=name))
+        self._unresolved = now
+
+    def _publish_roster(self, endpoints: list[Endpoint], policy: int, source: str) -> None:
+        """Make `endpoints` the roster, if it differs. Addresses that stay keep their
+        slot (health mark, counters); new ones are published down and checked before
+        they take clients (when a check is configured); vanished ones take no new
+        clients and their open connections are left alone. Logged once."""
+        before = {e.endpoint.sockaddr: e.endpoint for e in self.table.roster()}
+        if set(before.values()) == set(endpoints) and self.table.policy == policy:
+            return
+        entries = self.table.publish(endpoints, policy)
+        wanted = {ep.sockaddr for ep in endpoints}
+        added = [e for e in entries if e.endpoint.sockaddr not in before]
+        removed = [ep for sockaddr, ep in before.items() if sockaddr not in wanted]
+        if self.config.health_check != "none":
+            for entry in added:
+                self.table.mark_down(entry.slot, "new address: waiting for its first check")
+                self.checker.check_first(entry.slot, entry.endpoint.sockaddr)
+        self.resolver.remember_marks()
+        if added or removed:
+            logger.info("endpoints changed", extra=gwlog.fields(
+                endpoints=[ep.address for ep in endpoints],
+                previous=[ep.address for ep in before.values()],
+                added=[_named(e.endpoint) for e in added],
+                removed=[_named(ep) for ep in removed], source=source))
 
 
 class _ReloadPlan:
@@ -774,6 +793,11 @@ class _ReloadPlan:
 
 _BALANCES = {"round-robin": Balance.ROUND_ROBIN,
              "least-connections": Balance.LEAST_CONNECTIONS}
+
+
+def _named(ep: Endpoint) -> str:
+    """An endpoint for the log: its address, and the name it came from if any."""
+    return ep.address if ep.label == ep.address else f"{ep.address} ({ep.label})"
 
 
 def _check_policy(config: gwconfig.Config) -> CheckPolicy:

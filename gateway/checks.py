@@ -19,6 +19,9 @@ Policy, per endpoint:
   for `fall` (the check agrees); if it passes the suspicion is lifted. A check whose
   connect timed out while clients' dials to the same member succeeded gives no
   verdict: the member is busy (its accept queue drops SYNs), not dead.
+- a new address (a name that now resolves to one more) is published down and marked
+  `unproven` by the master: it is checked at once, without waiting for the retry
+  delay, and takes clients after `rise` good checks, like a readmitted member.
 
 `etcd` mode asks the member's own view: `GET /health` must answer 200 with
 `"health":"true"` within the dial timeout, so a member that is hung (SIGSTOP: the kernel
@@ -102,6 +105,7 @@ class Checker:
         self._states: dict[int, _SlotState] = {}
         self._timer: Timer | None = None
         self._tls: ssl.SSLContext | None = None
+        self._unproven: dict[int, tuple] = {}   # slot -> address, checked before clients
 
     def configure(self, policy: CheckPolicy) -> None:
         self.policy = policy
@@ -109,6 +113,11 @@ class Checker:
     def set_tls(self, ctx: ssl.SSLContext | None) -> None:
         """The context for members dialled with TLS (None: they are not)."""
         self._tls = ctx
+
+    def check_first(self, slot: int, sockaddr: tuple) -> None:
+        """`slot` holds a new address, published down: check it now, not after the
+        retry delay (the master, right after publishing it)."""
+        self._unproven[slot] = sockaddr
 
     def start(self) -> None:
         self._timer = self.loop.call_later(TICK, self._tick)
@@ -141,7 +150,8 @@ class Checker:
                 continue
             down_at = self.table.down_at(entry.slot)
             if down_at:
-                if now - down_at >= self.policy.retry_delay:
+                unproven = self._unproven.get(entry.slot) == entry.endpoint.sockaddr
+                if unproven or now - down_at >= self.policy.retry_delay:
                     self._start(entry, state, down_at)
             elif self._suspect(entry, state):
                 state.next_due = now + self.policy.interval
@@ -149,6 +159,8 @@ class Checker:
             elif self.policy.mode != "none" and now >= state.next_due:
                 state.next_due = now + self.policy.interval
                 self._start(entry, state, 0.0)
+        for slot in [s for s in self._unproven if s not in live]:
+            del self._unproven[slot]
         for slot in [s for s in self._states if s not in live]:
             state = self._states.pop(slot)
             if state.inflight is not None:
@@ -308,6 +320,7 @@ class Checker:
             return  # checked again at the next tick, back to back
         state.oks = 0
         state.next_due = time.monotonic() + self.policy.interval
+        self._unproven.pop(check.entry.slot, None)
         if self.table.mark_up(check.entry.slot, if_down_at=check.down_at):
             logger.info("activated", extra=gwlog.fields(address=check.entry.endpoint.address))
 
@@ -317,6 +330,7 @@ class Checker:
         address = check.entry.endpoint.address
         state.oks = 0
         if check.down_at:
+            self._unproven.pop(slot, None)
             table.mark_down(slot, error)
             logger.warning("failed to activate endpoint (stay inactive for another interval)",
                            extra=gwlog.fields(address=address,

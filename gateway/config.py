@@ -263,6 +263,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("discovery-srv-refresh", _duration_or_zero, "30s",
            "How often SRV records are queried again (0 turns periodic refresh off; "
            "SIGHUP always re-queries).", origin="new", metavar="DURATION"),
+    Option("endpoints-refresh", _duration_or_zero, "5s",
+           "How often host names in --endpoints are resolved again, so new connections "
+           "follow a changed address (0 turns periodic re-resolution off; SIGHUP and a "
+           "failed member reached by name always re-resolve). IP addresses never are.",
+           origin="new", metavar="DURATION"),
     Option("retry-delay", _duration, "1m0s",
            "How long an endpoint stays out after a failure before it is probed again.",
            metavar="DURATION"),
@@ -367,6 +372,7 @@ class Config:
     discovery_srv_tls: bool
     discovery_srv_resolver: tuple[addresses.HostPort, ...]
     discovery_srv_refresh: float
+    endpoints_refresh: float
     retry_delay: float
     dial_timeout: float
     dial_total_timeout: float

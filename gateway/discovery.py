@@ -1,34 +1,37 @@
-"""Turn the configuration into the roster of endpoints: a static list, or DNS SRV.
+"""Turn the configuration into the roster of endpoints: `--endpoints`, or DNS SRV.
 
-design: master only; never in a worker. Static endpoints are resolved here to one
-socket address each (IPv4 preferred when a name has both), so workers dial
-pre-resolved addresses; they are chosen by plain round robin. SRV discovery
-(gateway/srv.py) runs synchronously at start, before any worker exists, and later in a
-short-lived child process (`SrvRefresh`), so a slow DNS server or TLS handshake never
-blocks the master's loop; its endpoints are chosen by RFC 2782. Discovery never falls
-back to `--endpoints`: nothing usable at start is fatal, and a refresh that finds
-nothing keeps the last good set. An endpoint that would reach the gateway's own
-listener is refused (the original's self-loop check, extended to wildcard listeners).
+design: master only (or a short-lived child of it, gateway/resolver.py); never in a
+worker. Host names in `--endpoints` are resolved as the system resolves them
+(getaddrinfo: /etc/hosts, then DNS per nsswitch.conf and resolv.conf), to every address
+of every family the host can reach: a name with three addresses is three roster
+entries, each labelled by the name. IP literals are used as written and never looked
+up again. SRV discovery is in gateway/srv.py. Lookups run synchronously only at start
+(before any worker exists; a name that does not resolve is a ConfigError, SRV that
+finds nothing a DiscoveryError); while running, `lookup` runs in a child and a name
+that stops resolving keeps the addresses it had (`known`), never an empty roster.
+Static endpoints are chosen by plain round robin, SRV ones by RFC 2782. An endpoint
+that would reach the gateway's own listener is refused at start and dropped later
+(the original's self-loop check, extended to wildcard listeners). The roster holds
+MAX_ENDPOINTS entries: past that, names share the room (each keeps at least one).
 """
 from __future__ import annotations
 
+import concurrent.futures
+import ipaddress
 import json
-import os
-import signal
 import socket
-from dataclasses import dataclass
-from typing import Callable
+import time
+from dataclasses import asdict, dataclass, field
 
 from gateway import addresses, srv
 from gateway import log as gwlog
 from gateway.config import MAX_ENDPOINTS, Config, ConfigError
-from gateway.health import RFC2782, ROUND_ROBIN, Endpoint
-from gateway.loop import READ, Loop, Timer
+from gateway.health import RFC2782, ROUND_ROBIN, Endpoint, RosterEntry
 
 logger = gwlog.get("discovery")
 
 DNS_TIMEOUT = 2.0        # per query, and per TLS validation (at least the dial timeout)
-REFRESH_BOUND = 60.0     # a refresh child that takes longer is killed
+NAMES_BOUND = 20.0       # a lookup of --endpoints names answers within this, whatever DNS does
 
 
 class DiscoveryError(Exception):
@@ -39,6 +42,26 @@ class DiscoveryError(Exception):
 class Roster:
     endpoints: list[Endpoint]
     policy: int               # ROUND_ROBIN or RFC2782
+
+
+@dataclass
+class Answer:
+    """What one lookup found; JSON-able, so a child can pass it up a pipe."""
+    endpoints: list[Endpoint]
+    policy: int                                           # ROUND_ROBIN or RFC2782
+    errors: list[str] = field(default_factory=list)       # one line per problem
+    unresolved: list[str] = field(default_factory=list)   # names kept at their last addresses
+
+    def to_json(self) -> str:
+        return json.dumps({"endpoints": [asdict(ep) for ep in self.endpoints],
+                           "policy": self.policy, "errors": self.errors,
+                           "unresolved": self.unresolved})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Answer":
+        data = json.loads(text)
+        return cls([Endpoint(**ep) for ep in data["endpoints"]], int(data["policy"]),
+                   [str(e) for e in data["errors"]], [str(n) for n in data["unresolved"]])
 
 
 def resolve(config: Config) -> Roster:
@@ -55,6 +78,161 @@ def resolve(config: Config) -> Roster:
         logger.info("ignoring --endpoints: using the members found by SRV discovery",
                     extra=gwlog.fields(endpoints=[str(e) for e in config.endpoints]))
     return Roster(found.endpoints, RFC2782)
+
+
+def lookup(config: Config, known: dict[str, list[Endpoint]]) -> Answer:
+    """Look the configured endpoints up again (blocking, bounded: run it in a child).
+    `known`: the addresses each name has now, kept for a name that does not resolve."""
+    if config.discovery_srv:
+        found = discover_srv(config)
+        return Answer(found.endpoints, RFC2782, found.errors)
+    listens = _listen_resolved(config)
+    answers = _resolve_all(config.endpoints)
+    groups: list[tuple[str, list[addresses.Resolved]]] = []
+    out = Answer([], ROUND_ROBIN)
+    for hp in config.endpoints:
+        label = str(hp)
+        addrs = answers[hp]
+        if isinstance(addrs, str):
+            out.errors.append(f"cannot resolve {label!r}: {addrs}")
+            out.unresolved.append(label)
+            groups.append((label, [addresses.Resolved(ep.family, ep.sockaddr)
+                                   for ep in known.get(label, [])]))
+            continue
+        kept = []
+        for candidate in addrs:
+            if _own_listener(listens, candidate) is not None:
+                out.errors.append(f"{label} resolves to {candidate}, the gateway's own "
+                                  "--listen-addr: dropped")
+            else:
+                kept.append(candidate)
+        groups.append((label, kept))
+    out.endpoints = _assemble(groups, out.errors)
+    return out
+
+
+def is_name(hp: addresses.HostPort) -> bool:
+    """True for a host name (looked up again while running), False for an IP literal."""
+    try:
+        ipaddress.ip_address(hp.host)
+    except ValueError:
+        return True
+    return False
+
+
+def names(config: Config) -> list[str]:
+    """Labels of the `--endpoints` given by host name (none with SRV discovery)."""
+    if config.discovery_srv:
+        return []
+    return [str(hp) for hp in config.endpoints if is_name(hp)]
+
+
+def resolve_name(hp: addresses.HostPort) -> list[addresses.Resolved]:
+    """Every address of `hp` the host can reach (all of them if it can reach none, so
+    the dial says why); raises OSError or UnicodeError when it does not resolve."""
+    found = addresses.resolve(hp)
+    if not found:
+        raise OSError(f"{str(hp)!r} resolves to no address")
+    reachable = [r for r in found if _routable(r)]
+    return reachable or found
+
+
+def _routable(target: addresses.Resolved) -> bool:
+    """True when the host has a route to `target`'s address (a UDP connect sends
+    nothing: it only asks the kernel), so IPv6 is used exactly where it works."""
+    try:
+        with socket.socket(target.family, socket.SOCK_DGRAM) as probe:
+            probe.connect(target.sockaddr)
+        return True
+    except OSError:
+        return False
+
+
+def _resolve_all(hps: tuple[addresses.HostPort, ...]
+                 ) -> dict[addresses.HostPort, list[addresses.Resolved] | str]:
+    """{endpoint: its addresses, or why not}: names in parallel (getaddrinfo has no
+    timeout of its own), the whole bounded by NAMES_BOUND."""
+    out: dict[addresses.HostPort, list[addresses.Resolved] | str] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(16, max(1, len(hps))))
+    futures = {hp: pool.submit(resolve_name, hp) for hp in hps}
+    deadline = time.monotonic() + NAMES_BOUND
+    for hp, future in futures.items():
+        try:
+            out[hp] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            out[hp] = f"no answer within {NAMES_BOUND:g}s"
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a DNS label over 63 bytes
+            out[hp] = str(getattr(exc, "strerror", None) or exc)
+    pool.shutdown(wait=False, cancel_futures=True)
+    return out
+
+
+def _assemble(groups: list[tuple[str, list[addresses.Resolved]]],
+              notes: list[str]) -> list[Endpoint]:
+    """Roster entries for (label, addresses) groups: one per distinct address, the
+    first label wins; past MAX_ENDPOINTS the groups take turns, so each keeps one."""
+    seen: set[tuple] = set()
+    queues = []
+    for label, found in groups:
+        queue = []
+        for r in found:
+            if r.sockaddr not in seen:
+                seen.add(r.sockaddr)
+                queue.append(Endpoint(label=label, family=r.family, ip=r.ip, port=r.port,
+                                      scope_id=r.scope_id))
+        queues.append(queue)
+    total = sum(len(q) for q in queues)
+    if total <= MAX_ENDPOINTS:
+        return [ep for queue in queues for ep in queue]
+    notes.append(f"the endpoints resolve to {total} addresses; using {MAX_ENDPOINTS} "
+                 "(the most the gateway holds), shared among the names")
+    chosen: set[int] = set()
+    for depth in range(MAX_ENDPOINTS):
+        for queue in queues:
+            if depth < len(queue) and len(chosen) < MAX_ENDPOINTS:
+                chosen.add(id(queue[depth]))
+    return [ep for queue in queues for ep in queue if id(ep) in chosen]
+
+
+def known_addresses(roster: list[RosterEntry]) -> dict[str, list[Endpoint]]:
+    """{label: endpoints} of the roster now: what a name keeps if it stops resolving."""
+    out: dict[str, list[Endpoint]] = {}
+    for entry in roster:
+        out.setdefault(entry.endpoint.label, []).append(entry.endpoint)
+    return out
+
+
+def provisional(config: Config, roster: list[RosterEntry]) -> list[Endpoint]:
+    """A reload's roster before its lookup answers (nothing is resolved here): the IP
+    literals, and the addresses the names still configured have now. ConfigError for
+    a literal that is the gateway's own listen address."""
+    listens = _listen_resolved(config)
+    known = known_addresses(roster)
+    groups: list[tuple[str, list[addresses.Resolved]]] = []
+    for hp in config.endpoints:
+        label = str(hp)
+        if is_name(hp):
+            groups.append((label, [addresses.Resolved(ep.family, ep.sockaddr)
+                                   for ep in known.get(label, [])]))
+            continue
+        found = _literal(hp)
+        _refuse_self(listens, label, found)
+        groups.append((label, [found]))
+    return _assemble(groups, [])
+
+
+def _literal(hp: addresses.HostPort) -> addresses.Resolved:
+    """An IP literal as a socket address (its zone kept; numeric: never a DNS query)."""
+    return addresses.resolve(hp)[0]
+
+
+def _refuse_self(listens: list[tuple[addresses.HostPort, list[addresses.Resolved]]],
+                 label: str, candidate: addresses.Resolved) -> None:
+    listen = _own_listener(listens, candidate)
+    if listen is not None:
+        raise ConfigError(
+            f"option --endpoints: {label!r} resolves to {candidate}, the "
+            f"gateway's own --listen-addr {listen}: it would relay to itself")
 
 
 def discover_srv(config: Config) -> srv.Discovery:
@@ -103,138 +281,30 @@ def _own_listener(listens: list[tuple[addresses.HostPort, list[addresses.Resolve
 
 
 def resolve_static(config: Config) -> list[Endpoint]:
-    """The `--endpoints` list as roster entries; ConfigError names the bad one."""
+    """The `--endpoints` list as roster entries, at start; ConfigError names the bad one."""
     listens = _listen_resolved(config)
-    out: dict[tuple, Endpoint] = {}
+    groups = []
     for hp in config.endpoints:
         try:
-            found = addresses.resolve(hp)
+            found = resolve_name(hp)
         except (OSError, UnicodeError) as exc:  # UnicodeError: a DNS label over 63 bytes
             raise ConfigError(f"option --endpoints: cannot resolve {str(hp)!r}: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
-        if not found:
-            raise ConfigError(f"option --endpoints: {str(hp)!r} resolves to no address")
-        target = sorted(found, key=lambda r: r.family != socket.AF_INET)[0]
         for candidate in found:
-            listen = _own_listener(listens, candidate)
-            if listen is not None:
-                raise ConfigError(
-                    f"option --endpoints: {str(hp)!r} resolves to {candidate}, the "
-                    f"gateway's own --listen-addr {listen}: it would relay to itself")
-        ep = Endpoint(label=str(hp), family=target.family, ip=target.ip, port=target.port,
-                      scope_id=target.scope_id)
-        out.setdefault(ep.sockaddr, ep)
-    return list(out.values())
-
-
-class SrvRefresh:
-    """One SRV discovery run in a child process; `on_done(Discovery)` is called once,
-    from the master's loop, with the result or with the reason it failed."""
-
-    def __init__(self, loop: Loop, config: Config, on_done: Callable[[srv.Discovery], None],
-                 blocked_signals: tuple[int, ...]):
-        self.loop = loop
-        self.config = config
-        self.on_done = on_done
-        self.blocked = blocked_signals
-        self.pid = 0
-        self._fd = -1
-        self._data = b""
-        self._timer: Timer | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._fd >= 0
-
-    def start(self) -> None:
-        try:
-            r, w = os.pipe()
-        except OSError as exc:
-            self.on_done(srv.Discovery([], [f"cannot start the SRV refresh: {exc.strerror}"]))
-            return
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.blocked)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            os.close(r)
-            os.close(w)
-            self.on_done(srv.Discovery([], [f"cannot fork the SRV refresh: {exc.strerror}"]))
-            return
-        if pid == 0:
-            self._child(r, w)  # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        os.close(w)
-        os.set_blocking(r, False)
-        self.pid, self._fd = pid, r
-        self.loop.selector.register(r, READ, self._readable)
-        self._timer = self.loop.call_later(REFRESH_BOUND, self._timeout)
-
-    def _child(self, r: int, w: int) -> None:
-        status = 1
-        try:
-            for signum in self.blocked:
-                signal.signal(signum, signal.SIG_DFL)
-            os.closerange(3, w)          # the listener, the epoll fd, the wake-up pair...
-            os.closerange(w + 1, 65536)  # ...so nothing of the master's stays open here
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
-            c = self.config
-            gwlog.setup(c.log_level, c.log_format, c.log_file)
-            payload = srv.to_json(discover_srv(c)).encode()
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(w, view):]
-            status = 0
-        except BaseException:  # noqa: B902 - a child must never return into the master
-            logger.exception("SRV refresh failed")
-        finally:
-            os._exit(status)
-
-    def _readable(self, fd: int, mask: int) -> None:
-        try:
-            chunk = os.read(self._fd, 65536)
-        except BlockingIOError:
-            return
-        if chunk:
-            self._data += chunk
-            return
-        try:
-            result = srv.from_json(self._data.decode())
-        except (ValueError, KeyError, json.JSONDecodeError):
-            result = srv.Discovery([], ["the SRV refresh ended without a result"])
-        self._finish(result)
-
-    def _timeout(self) -> None:
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._finish(srv.Discovery([], [f"the SRV refresh took over {REFRESH_BOUND:g}s"]))
-
-    def _finish(self, result: srv.Discovery) -> None:
-        if self._fd < 0:
-            return
-        self.loop.selector.unregister(self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        if self._timer is not None:
-            self._timer.cancel()
-        self.on_done(result)
-
-    def close_after_fork(self) -> None:
-        """In a new worker: close the inherited copy of the result pipe."""
-        if self._fd >= 0:
-            os.close(self._fd)
-
-    def cancel(self) -> None:
-        """Stop waiting (at shutdown); the child is killed, its result ignored."""
-        if self._fd >= 0:
-            self.on_done = lambda result: None
-            self._timeout()
+            _refuse_self(listens, str(hp), candidate)
+        groups.append((str(hp), found))
+    notes: list[str] = []
+    endpoints = _assemble(groups, notes)
+    for note in notes:
+        logger.warning(note)
+    return endpoints
 
 
 def refresh_period(config: Config) -> float | None:
-    """Seconds between periodic SRV refreshes, or None when there are none."""
-    if config.discovery_srv and config.discovery_srv_refresh > 0:
-        return config.discovery_srv_refresh
+    """Seconds between periodic lookups (SRV records, or --endpoints names), or None
+    when there are none (periodic refresh off, or only IP literals)."""
+    if config.discovery_srv:
+        return config.discovery_srv_refresh or None
+    if names(config):
+        return config.endpoints_refresh or None
     return None

@@ -62,6 +62,7 @@ class GatewayInfo:
     version: str = ""
     draining: bool = False   # the listener is closed: new clients are refused
     certificates: list[dict[str, Any]] = field(default_factory=list)  # tls.CertInfo.as_json
+    resolution_failures: dict[str, int] = field(default_factory=dict)  # name -> lookups
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ class MetricsApp:
         out.family("build_info", "gauge", "Always 1; the version is a label.")
         out.sample("build_info", {"version": info.version}, 1)
         self._tls_metrics(out, info, rows)
+        self._name_metrics(out, info)
 
         self._worker_metrics(out, info, [entry.slot for entry in roster])
         return out.text()
@@ -290,6 +292,14 @@ class MetricsApp:
                        {"option": cert["option"], "file": cert["file"],
                         "subject": cert["subject"], "serial": cert["serial"]},
                        float(cert["not_after"]))
+
+    def _name_metrics(self, out: Exposition, info: GatewayInfo) -> None:
+        out.family("endpoint_name_resolution_failures_total", "counter",
+                   "Lookups in which an --endpoints host name did not resolve (it keeps "
+                   "its last known addresses).")
+        for name in sorted(info.resolution_failures):
+            out.sample("endpoint_name_resolution_failures_total", {"name": name},
+                       info.resolution_failures[name])
 
     def _worker_metrics(self, out: Exposition, info: GatewayInfo, slots: list[int]) -> None:
         table = self.table

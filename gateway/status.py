@@ -233,12 +233,18 @@ def human_age(seconds: float) -> str:
     return f"{int(seconds)}s ago"
 
 
+def _endpoint_cell(e: dict[str, Any]) -> str:
+    """The address, and the name it was resolved from (a label that is not the address)."""
+    address, label = str(e.get("endpoint", "?")), str(e.get("label") or "")
+    return f"{address} ({label})" if label and label != address else address
+
+
 def render_table(endpoints: list[dict[str, Any]], now: float) -> str:
     rows = [COLUMNS]
     for e in endpoints:
         changed = e.get("last_change") or 0
         rows.append((
-            str(e.get("endpoint", "?")),
+            _endpoint_cell(e),
             str(e.get("state", "?")),
             str(e.get("active_connections", 0)),
             str(e.get("connections_total", 0)),

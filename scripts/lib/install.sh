@@ -28,6 +28,8 @@ _apt_binary_for() {
         iperf3)       echo iperf3 ;;
         procps)       echo ps ;;
         curl)         echo curl ;;
+        util-linux)   echo unshare ;;
+        mount)        echo mount ;;
         python3)      echo python3 ;;
         *)            echo "" ;;
     esac

@@ -12,6 +12,8 @@ Design:
 - mode="refused": no --local and no upstream: dnsmasq answers REFUSED.
 - BlackholeDNS: a UDP socket bound on a free port that never reads, so queries to
   it time out (no ICMP port-unreachable either).
+- Dnsmasq listens on 127.0.0.1 unless given another `host` (tests/support/resolv.py puts
+  one on port 53 of a loopback address of its own, for the system resolver).
 - Both take an optional `port`, so a test can put a failing server where a working
   one was (stop the Dnsmasq first), without restarting the client that uses it.
 Every process is stopped by its PID (SIGTERM, bounded wait, then SIGKILL).
@@ -52,7 +54,7 @@ class Dnsmasq:
 
     def __init__(self, workdir: pathlib.Path | str, domain: str = "example.test",
                  mode: str = "normal", start: bool = True, timeout: float = 10.0,
-                 port: int | None = None) -> None:
+                 port: int | None = None, host: str = HOST) -> None:
         if mode not in ("normal", "servfail", "refused"):
             raise ValueError(f"mode {mode!r}")
         self.workdir = pathlib.Path(workdir)
@@ -60,9 +62,10 @@ class Dnsmasq:
         self.domain = domain.rstrip(".")
         self.mode = mode
         self.timeout = timeout
-        self.port = port if port is not None else free_port(HOST)
-        self.addr = f"{HOST}:{self.port}"
-        self.hosts: dict[str, str] = {}
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.addr = f"{host}:{self.port}"
+        self.hosts: dict[str, str | Sequence[str]] = {}
         self.srv: list[SrvEntry] = []
         self.proc: subprocess.Popen | None = None
         self.upstream: Dnsmasq | None = None
@@ -74,9 +77,10 @@ class Dnsmasq:
             self.start()
 
     # -- records ----------------------------------------------------------------
-    def set_records(self, hosts: dict[str, str] | None = None,
+    def set_records(self, hosts: dict[str, str | Sequence[str]] | None = None,
                     srv: Sequence[SrvEntry] = ()) -> None:
-        """Replace all records (host name -> IP; SRV entries) and restart on the same port."""
+        """Replace all records (host name -> IP, or several: one A or AAAA record each;
+        SRV entries) and restart on the same port."""
         self.hosts = dict(hosts or {})
         self.srv = [tuple(e) for e in srv]  # type: ignore[misc]
         if self.upstream is not None:
@@ -84,13 +88,14 @@ class Dnsmasq:
         self.restart()
 
     def _record_args(self) -> list[str]:
-        args = [f"--host-record={name},{ip}" for name, ip in self.hosts.items()]
+        args = [f"--host-record={name},{ip}" for name, ips in self.hosts.items()
+                for ip in ([ips] if isinstance(ips, str) else ips)]
         args += [f"--srv-host={n},{t},{p},{pr},{w}" for n, t, p, pr, w in self.srv]
         return args
 
     def command(self) -> list[str]:
         cmd = [_binary(), "--keep-in-foreground", f"--port={self.port}",
-               f"--listen-address={HOST}", "--bind-interfaces", "--no-resolv", "--no-hosts",
+               f"--listen-address={self.host}", "--bind-interfaces", "--no-resolv", "--no-hosts",
                "--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-"]
         if self.mode == "normal":
             return cmd + [f"--local=/{self.domain}/"] + self._record_args()
@@ -126,7 +131,7 @@ class Dnsmasq:
                 raise RuntimeError(f"dnsmasq exited with {self.proc.returncode} on port "
                                    f"{self.port}: {log_path.read_text(errors='replace')[-2000:]}")
             try:
-                dns.query.udp(query, HOST, port=self.port, timeout=0.2)
+                dns.query.udp(query, self.host, port=self.port, timeout=0.2)
                 return  # any answer (NXDOMAIN, SERVFAIL, REFUSED) means it is serving
             except (dns.exception.Timeout, OSError):
                 pass

@@ -39,18 +39,21 @@ def dead_addr(host: str = HOST) -> str:
 
 
 class EchoServer:
-    """Threaded TCP echo (or flood) server on 127.0.0.1 (a free port unless ``port``)."""
+    """Threaded TCP echo (or flood) server on 127.0.0.1, or ``host`` (another loopback
+    address such as 127.0.0.2, or ::1), on a free port unless ``port``."""
 
     def __init__(self, flood: bool = False, flood_bytes: int | None = None,
-                 chunk: int = 64 * 1024, port: int = 0) -> None:
+                 chunk: int = 64 * 1024, port: int = 0, host: str = HOST) -> None:
         self.flood = flood
         self.flood_bytes = flood_bytes
         self.chunk = chunk
-        self._lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._lsock = socket.socket(family, socket.SOCK_STREAM)
         self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._lsock.bind((HOST, port))
+        self._lsock.bind((host, port))
+        self.host = host
         self.port: int = self._lsock.getsockname()[1]
-        self.addr = f"{HOST}:{self.port}"
+        self.addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()

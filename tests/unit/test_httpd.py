@@ -344,8 +344,8 @@ class Background:
     def __init__(self) -> None:
         self.table = HealthTable(max_workers=4)
         roster = self.table.publish([
-            Endpoint("a", socket.AF_INET, "127.0.0.1", 2379),
-            Endpoint("b", socket.AF_INET, "127.0.0.1", 22379)])
+            Endpoint("127.0.0.1:2379", socket.AF_INET, "127.0.0.1", 2379),
+            Endpoint("127.0.0.1:22379", socket.AF_INET, "127.0.0.1", 22379)])
         self.slots = [e.slot for e in roster]
         self.worker = self.table.claim_worker_slot(os.getpid())
         self.app = MetricsApp(self.table, lambda: GatewayInfo(
