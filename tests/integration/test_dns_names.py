@@ -56,9 +56,13 @@ def servers(port):
         server.stop()
 
 
-def start(gateway_factory, resolution, endpoints: str, *extra: str, metrics: bool = False):
+def start(gateway_factory, resolution, endpoints: str | None, *extra: str,
+          metrics: bool = False):
+    """A gateway for `endpoints` (None: they come from a config file in `extra`)."""
     listen = f"127.0.0.1:{free_port()}"
-    args = ["--listen-addr", listen, "--endpoints", endpoints, *extra]
+    args = ["--listen-addr", listen, *extra]
+    if endpoints is not None:
+        args += ["--endpoints", endpoints]
     if metrics:
         metrics_addr = f"127.0.0.1:{free_port()}"
         args += ["--metrics-addr", metrics_addr]
@@ -255,3 +259,27 @@ def test_a_name_that_does_not_resolve_at_start_is_a_one_line_error(resolution):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert "--endpoints" in lines[0] and f"{name}:2379" in lines[0]
+
+
+def test_a_reload_to_a_name_that_does_not_resolve_yet_keeps_serving_until_it_does(
+        gateway_factory, resolution, servers, port, tmp_path):
+    old, new = servers("127.0.0.2", "127.0.0.3")
+    first, second = resolution.name("first"), resolution.name("second")
+    resolution.set_hosts({first: "127.0.0.2"})
+    conf = tmp_path / "gateway.conf"
+    conf.write_text(f"endpoints = {first}:{port}\n")
+    gw = start(gateway_factory, resolution, None, "-c", str(conf), "--health-check", "none",
+               "--endpoints-refresh", "1s")
+    conf.write_text(f"endpoints = {second}:{port}\n")
+    gw.signal(signal.SIGHUP)
+    assert gw.wait_log("endpoint name does not resolve; keeping its last known addresses",
+                       FOLLOW)["name"] == f"{second}:{port}"
+    clients(gw, 2)
+    assert (old.accepted, new.accepted) == (2, 0)   # never an empty roster
+
+    resolution.set_hosts({second: "127.0.0.3"})
+    line = wait_change(gw, 0)
+    assert line["added"] == [f"{new.addr} ({second}:{port})"]
+    assert line["removed"] == [f"{old.addr} ({first}:{port})"]
+    clients(gw, 2)
+    assert (old.accepted, new.accepted) == (2, 2)

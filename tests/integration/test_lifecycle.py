@@ -72,7 +72,7 @@ def test_reload_with_a_broken_file_keeps_the_process_and_old_endpoints(
         gateway_factory, tmp_path, echoes):
     a, _ = echoes
     gw = started(gateway_factory, tmp_path, f"endpoints = {a.addr}\n", "--health-check=none")
-    line = reload(gw, "endpoints = https://nope:2379\n",
+    line = reload(gw, "endpoints = 127.0.0.1:99999\n",
                   expect="reload failed; keeping the running configuration")
     assert "--endpoints" in line["error"]
     reload(gw, f"endpoints = {a.addr}\nno-such-key = 1\n",
