@@ -90,7 +90,8 @@ _EP_SIZE = 512
 _EP_DOWN_OFF = 320      # f64 down_at
 _EP_CHANGED_OFF = 328   # f64 wall-clock time of the last state change
 _EP_ERROR_OFF = 336     # last error text
-_EP_ERROR_LEN = 160
+_EP_ERROR_LEN = 152
+_EP_TIMEOUT_AT_OFF = 488  # f64 CLOCK_MONOTONIC second the latest counted timeout fired
 _EP_TIMEOUTS_OFF = 496  # u32 timed-out dials since the last success (see note_dial_timeout)
 _EP_DIAL_OK_OFF = 504   # f64 CLOCK_MONOTONIC second of the latest successful dial
 
@@ -308,6 +309,7 @@ class HealthTable:
         self.buf[off + _EP_ERROR_OFF:off + _EP_ERROR_OFF + _EP_ERROR_LEN] = bytes(_EP_ERROR_LEN)
         _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
         _F64.pack_into(self.buf, off + _EP_DIAL_OK_OFF, 0.0)
+        _F64.pack_into(self.buf, off + _EP_TIMEOUT_AT_OFF, 0.0)
         for row in range(self.max_workers + 2):
             base = self._ctr_base + row * _ROW_SIZE + slot * _COLUMN_SIZE
             self.buf[base:base + _COLUMN_SIZE] = bytes(_COLUMN_SIZE)
@@ -355,8 +357,11 @@ class HealthTable:
     # -- timed-out dials: busy or dead? ------------------------------------------
     # A refused connect proves a member dead; a timed-out one may be a SYN dropped by
     # a full accept queue (busy). A timeout counts only if no dial to the member
-    # succeeded since it was started; `fall` of them in a row mark it down, and any
-    # success clears the count. Racing workers may lose an increment (read-modify-
+    # succeeded since it was started, and only if that dial started after the previous
+    # counted timeout fired: dials that waited through the same silence (a storm's
+    # hundreds, timing out together) are one piece of evidence, not hundreds. So
+    # `fall` counted timeouts need the member silent for `fall` dial timeouts on end;
+    # any success clears the count. Racing workers may lose an increment (read-modify-
     # write without a lock): that only delays a mark, it never invents one.
     def note_dial_ok(self, slot: int, now: float) -> None:
         """A dial to `slot` succeeded at `now` (monotonic): the member is alive."""
@@ -368,15 +373,18 @@ class HealthTable:
     def last_dial_ok(self, slot: int) -> float:
         return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_DIAL_OK_OFF)[0]
 
-    def note_dial_timeout(self, slot: int, started: float) -> int:
-        """A dial started at `started` timed out: the count of timed-out dials in a row
-        (0 when a dial succeeded meanwhile: the member is busy, not dead)."""
+    def note_dial_timeout(self, slot: int, started: float, now: float) -> int:
+        """A dial started at `started` timed out at `now`: the count of timed-out dials
+        in a row (0 when a dial succeeded meanwhile: the member is busy, not dead)."""
         off = self._slot_off(slot)
         if _F64.unpack_from(self.buf, off + _EP_DIAL_OK_OFF)[0] >= started:
             return 0
-        count = _U32.unpack_from(self.buf, off + _EP_TIMEOUTS_OFF)[0] + 1
-        _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, count)
-        return count
+        count = _U32.unpack_from(self.buf, off + _EP_TIMEOUTS_OFF)[0]
+        if count and started < _F64.unpack_from(self.buf, off + _EP_TIMEOUT_AT_OFF)[0]:
+            return count  # it waited through the silence already counted
+        _F64.pack_into(self.buf, off + _EP_TIMEOUT_AT_OFF, now)
+        _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, count + 1)
+        return count + 1
 
     def dial_timeouts(self, slot: int) -> int:
         """Timed-out dials in a row (a suspect member when > 0)."""

@@ -801,7 +801,7 @@ class Worker:
         table = self.table
         slot = entry.slot
         table.add_at(table.counter_offset(self.index, slot, C_DIAL_FAILURES), 1)
-        in_a_row = table.note_dial_timeout(slot, started)
+        in_a_row = table.note_dial_timeout(slot, started, time.monotonic())
         if in_a_row >= self.settings.timeout_fall:
             table.clear_dial_timeouts(slot)
             if table.mark_down(slot, error):

@@ -246,11 +246,21 @@ def test_a_busy_slot_is_taken_only_when_no_other_slot_is_free():
 def test_timed_out_dials_count_in_a_row_and_a_success_clears_them():
     table = HealthTable()
     slot = table.publish([ep(1)])[0].slot
-    assert table.note_dial_timeout(slot, started=10.0) == 1
-    assert table.note_dial_timeout(slot, started=11.0) == 2
-    table.note_dial_ok(slot, now=12.0)
+    assert table.note_dial_timeout(slot, started=10.0, now=11.0) == 1
+    assert table.note_dial_timeout(slot, started=11.0, now=12.0) == 2
+    table.note_dial_ok(slot, now=12.5)
     assert table.dial_timeouts(slot) == 0
-    assert table.note_dial_timeout(slot, started=13.0) == 1
+    assert table.note_dial_timeout(slot, started=13.0, now=14.0) == 1
+
+
+def test_dials_that_waited_through_the_same_silence_count_once():
+    # a storm: hundreds of dials started together time out together
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    assert table.note_dial_timeout(slot, started=10.0, now=11.0) == 1
+    for started in (10.0, 10.2, 10.9):
+        assert table.note_dial_timeout(slot, started=started, now=11.5) == 1
+    assert table.note_dial_timeout(slot, started=11.2, now=12.2) == 2
 
 
 def test_a_timeout_overtaken_by_a_successful_dial_does_not_count():
@@ -258,14 +268,14 @@ def test_a_timeout_overtaken_by_a_successful_dial_does_not_count():
     table = HealthTable()
     slot = table.publish([ep(1)])[0].slot
     table.note_dial_ok(slot, now=20.5)
-    assert table.note_dial_timeout(slot, started=20.0) == 0
+    assert table.note_dial_timeout(slot, started=20.0, now=21.0) == 0
     assert table.dial_timeouts(slot) == 0
 
 
 def test_readmission_clears_the_timed_out_dials():
     table = HealthTable()
     slot = table.publish([ep(1)])[0].slot
-    table.note_dial_timeout(slot, started=1.0)
+    table.note_dial_timeout(slot, started=1.0, now=2.0)
     table.mark_down(slot, "i/o timeout")
     assert table.mark_up(slot)
     assert table.dial_timeouts(slot) == 0
