@@ -221,7 +221,8 @@ def parse_args(argv):
 
 def brief(res):
     keys = [k for k in res if k.endswith((".gbps", ".rps", ".cps", ".ops", ".survives", "rss_kib_per_conn",
-                                           "fds_per_conn"))]
+                                           "fds_per_conn", "cpu_us_per_req", "cpu_us_per_conn",
+                                           "cpu_us_per_op"))]
     return " ".join(f"{k}={report.fmt(res[k])}" for k in keys)
 
 
@@ -330,6 +331,7 @@ def main(argv=None):
         "samples": samples,
         "summary": summary,
         "ratios": {k: {"ours/go": report.ratio(summary, k, OURS, GO),
+                       "ours/haproxy": report.ratio(summary, k, OURS, "haproxy"),
                        "ours/direct": report.ratio(summary, k, OURS, "direct")} for k in summary},
         "goals": goals,
         "headroom": head,

@@ -15,26 +15,34 @@ ROWS = [
     ("bulk.p1.cpu_s_per_gb", "bulk 1 stream: proxy CPU s/GB", ("go", "<=", 0.7)),
     ("bulk.p8.gbps", "bulk 8 streams: Gbit/s", ("go", ">=", 1.0)),
     ("bulk.p8.cpu_s_per_gb", "bulk 8 streams: proxy CPU s/GB", ("go", "<=", 0.7)),
-    ("rr.c1.rps", "req/resp c=1: requests/s", None),
-    ("rr.c1.p50_us", "req/resp c=1: p50 µs", ("go", "<=", 1.3)),
+    ("rr.c1.rps", "req/resp c=1: requests/s", ("go", ">=", 1.0)),
+    ("rr.c1.p50_us", "req/resp c=1: p50 µs", None),
     ("rr.c1.p99_us", "req/resp c=1: p99 µs", None),
+    ("rr.c1.cpu_us_per_req", "req/resp c=1: proxy CPU µs/request", None),
     ("rr.c64.rps", "req/resp c=64: requests/s", ("go", ">=", 1.0)),
     ("rr.c64.p50_us", "req/resp c=64: p50 µs", None),
     ("rr.c64.p99_us", "req/resp c=64: p99 µs", ("go", "<=", 1.2)),
-    ("churn.c1.cps", "churn c=1: connections/s", ("go", ">=", 0.8)),
+    ("rr.c64.cpu_us_per_req", "req/resp c=64: proxy CPU µs/request", None),
+    ("churn.c1.cps", "churn c=1: connections/s", ("go", ">=", 1.0)),
     ("churn.c1.p50_us", "churn c=1: p50 µs", None),
     ("churn.c1.p99_us", "churn c=1: p99 µs", None),
+    ("churn.c1.cpu_us_per_conn", "churn c=1: proxy CPU µs/connection", None),
     ("churn.c64.cps", "churn c=64: connections/s", ("go", ">=", 1.0)),
     ("churn.c64.p50_us", "churn c=64: p50 µs", None),
     ("churn.c64.p99_us", "churn c=64: p99 µs", None),
+    ("churn.c64.cpu_us_per_conn", "churn c=64: proxy CPU µs/connection", None),
     ("etcd.put.c1.ops", "etcd put c=1: ops/s", ("go", ">=", 1.0)),
     ("etcd.put.c1.p99_us", "etcd put c=1: p99 µs", None),
+    ("etcd.put.c1.cpu_us_per_op", "etcd put c=1: proxy CPU µs/op", None),
     ("etcd.put.c64.ops", "etcd put c=64: ops/s", ("go", ">=", 1.0)),
     ("etcd.put.c64.p99_us", "etcd put c=64: p99 µs", None),
+    ("etcd.put.c64.cpu_us_per_op", "etcd put c=64: proxy CPU µs/op", None),
     ("etcd.range.c1.ops", "etcd range c=1: ops/s", ("go", ">=", 1.0)),
     ("etcd.range.c1.p99_us", "etcd range c=1: p99 µs", None),
+    ("etcd.range.c1.cpu_us_per_op", "etcd range c=1: proxy CPU µs/op", None),
     ("etcd.range.c64.ops", "etcd range c=64: ops/s", ("go", ">=", 1.0)),
     ("etcd.range.c64.p99_us", "etcd range c=64: p99 µs", None),
+    ("etcd.range.c64.cpu_us_per_op", "etcd range c=64: proxy CPU µs/op", None),
     ("idle.3000.survives", "idle 3,000: survives", None),
     ("idle.3000.fds_per_conn", "idle 3,000: proxy fds/conn", None),
     ("idle.3000.rss_kib_per_conn", "idle 3,000: proxy RSS KiB/conn", None),
@@ -171,13 +179,14 @@ def fmt_ratio(r):
 
 
 def markdown(summary, peers, workloads, failed, errors):
-    cols = ["metric"] + peers + ["ours/go", "ours/direct", "goal", "status"]
+    cols = ["metric"] + peers + ["ours/go", "ours/haproxy", "ours/direct", "goal", "status"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
     for key, label, goal in ROWS:
         if workload_of(key) not in workloads:
             continue
         row = [label] + [cell(summary, key, p, workload_of(key) in failed.get(p, ())) for p in peers]
-        row += [fmt_ratio(ratio(summary, key, OURS, GO)), fmt_ratio(ratio(summary, key, OURS, DIRECT)),
+        row += [fmt_ratio(ratio(summary, key, OURS, GO)), fmt_ratio(ratio(summary, key, OURS, HAPROXY)),
+                fmt_ratio(ratio(summary, key, OURS, DIRECT)),
                 goal_text(goal), evaluate(goal, summary, key)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -70,11 +70,19 @@ def _loadgen(ctx, args, timeout):
 
 
 def _rr_like(ctx, peer, port, mode, conc_list, extra=()):
+    """One loadgen run per concurrency; each result gains "cpu_us_per_op": the proxy's
+    CPU (utime+stime of all its processes, /proc) around the run divided by every
+    exchange the run completed, warm-up included (loadgen's "all"), so efficiency
+    shows where throughput is bound by the shared CPUs. Absent for direct."""
     out = {}
     d = ctx.durations
     for c in conc_list:
+        before = tree_stats(peer.root_pid) if peer.root_pid else None
         r = _loadgen(ctx, [mode, "-a", f"127.0.0.1:{port}", "-c", c, "-d", d.rr, "-w", d.warm, *extra],
                      timeout=d.rr + d.warm + 30)
+        after = tree_stats(peer.root_pid) if peer.root_pid else None
+        if before is not None and after is not None and r.get("all"):
+            r["cpu_us_per_op"] = (after["cpu_s"] - before["cpu_s"]) * 1e6 / r["all"]
         out[f"c{c}"] = r
     return out
 
@@ -160,6 +168,8 @@ def rr(ctx, peer, port):
         res[f"rr.{c}.p50_us"] = r["p50_us"]
         res[f"rr.{c}.p99_us"] = r["p99_us"]
         res[f"rr.{c}.errors"] = r["errors"]
+        if "cpu_us_per_op" in r:
+            res[f"rr.{c}.cpu_us_per_req"] = r["cpu_us_per_op"]
     return res
 
 
@@ -170,6 +180,8 @@ def churn(ctx, peer, port):
         res[f"churn.{c}.p50_us"] = r["p50_us"]
         res[f"churn.{c}.p99_us"] = r["p99_us"]
         res[f"churn.{c}.errors"] = r["errors"]
+        if "cpu_us_per_op" in r:
+            res[f"churn.{c}.cpu_us_per_conn"] = r["cpu_us_per_op"]
     return res
 
 
@@ -181,6 +193,8 @@ def etcd(ctx, peer, port):
             res[f"etcd.{op}.{c}.p50_us"] = r["p50_us"]
             res[f"etcd.{op}.{c}.p99_us"] = r["p99_us"]
             res[f"etcd.{op}.{c}.errors"] = r["errors"]
+            if "cpu_us_per_op" in r:
+                res[f"etcd.{op}.{c}.cpu_us_per_op"] = r["cpu_us_per_op"]
     return res
 
 
