@@ -14,6 +14,7 @@ tick; a load that fails is one error line and the material in use stays. A new l
 bumps the table's TLS generation: each worker then loads the files itself for its new
 connections (open ones are untouched). Workers forked later inherit the material.
 
+Signals are dispatched by a table (`_SIGNAL_HANDLERS`) to one small handler each.
 Signals that arrived during start-up (earlysignals.py) are acted on once the loop
 runs. States: running -> draining (listener closed, workers finishing their sessions,
 bounded by the shutdown timeout) -> stopped. A second SIGTERM/SIGINT, or SIGQUIT,
@@ -40,6 +41,7 @@ from gateway.httpd import HttpServer, bind_http
 from gateway.loop import Loop, Timer
 from gateway.metrics import GatewayInfo, MetricsApp
 from gateway.checks import Checker, CheckPolicy
+from gateway import earlysignals
 from gateway.earlysignals import EarlySignals
 from gateway.worker import Worker, WorkerSettings
 
@@ -52,8 +54,7 @@ KILL_GRACE = 5.0         # after the shutdown timeout, before SIGKILL
 QUIT_GRACE = 2.0         # after SIGQUIT to the workers, before SIGKILL
 FORK_RETRY = 1.0         # after a failed fork, once the service is up
 WATCH_PERIOD = 1.0       # how often the watchdog reads the workers' heartbeats
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
-           signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU)
+HANDLED = earlysignals.HANDLED  # every signal the master handles, before and after start
 
 
 class FatalError(Exception):
@@ -289,8 +290,7 @@ class Arbiter:
                               dial_total_timeout=c.dial_total_timeout,
                               timeout_fall=c.health_check_fall,
                               shutdown_timeout=c.shutdown_timeout, keepalive=c.keepalive,
-                              idle_timeout=c.idle_timeout, log_level=c.log_level,
-                              log_format=c.log_format, log_file=c.log_file,
+                              idle_timeout=c.idle_timeout, log=c.log_settings,
                               allow_from=c.allow_from, tls=self.tls.options)
 
     # -- workers -----------------------------------------------------------------------
@@ -392,7 +392,10 @@ class Arbiter:
                 return
             record = self.workers.pop(pid, None)
             if record is None:
-                continue  # a lookup child
+                if not self.resolver.reaped(pid):
+                    logger.warning("reaped an unknown child process", extra=gwlog.fields(
+                        pid=pid, status=_describe_status(status)))
+                continue
             self.cpu_offsets[record.index] = (self.cpu_offsets.get(record.index, 0.0)
                                               + usage.ru_utime + usage.ru_stime)
             self.table.release_worker_slot(record.index)
@@ -469,40 +472,54 @@ class Arbiter:
 
     # -- signals -----------------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
-        if signum == signal.SIGCHLD:
-            self._reap()
-        elif signum in (signal.SIGTERM, signal.SIGINT):
-            if self.state == RUNNING:
-                self.begin_drain(signal.Signals(signum).name)
-            else:
-                self.quit_now(signal.Signals(signum).name + " again")
-        elif signum == signal.SIGQUIT:
-            self.quit_now("SIGQUIT")
-        elif signum == signal.SIGHUP:
-            self.reload()
-        elif signum == signal.SIGUSR1:
-            c = self.config
-            self._kill_workers(signal.SIGUSR1)  # first: each reopens its own
-            try:
-                gwlog.setup(c.log_level, c.log_format, c.log_file)
-            except OSError as exc:
-                logger.error("cannot reopen the log file; still writing to the old one",
-                             extra=gwlog.fields(path=c.log_file, error=exc.strerror))
-                return
-            logger.info("reopened log file", extra=gwlog.fields(path=c.log_file or "stderr"))
-        elif signum in (signal.SIGTTIN, signal.SIGTTOU) and self.state != RUNNING:
+        """The loop's one entry for a signal: dispatched by `_SIGNAL_HANDLERS`."""
+        _SIGNAL_HANDLERS[signum](self, signal.Signals(signum).name)
+
+    def _handle_chld(self, name: str) -> None:
+        self._reap()
+
+    def _handle_term(self, name: str) -> None:
+        """SIGTERM/SIGINT: drain; the second one stops at once."""
+        if self.state == RUNNING:
+            self.begin_drain(name)
+        else:
+            self.quit_now(name + " again")
+
+    def _handle_quit(self, name: str) -> None:
+        self.quit_now(name)
+
+    def _handle_hup(self, name: str) -> None:
+        self.reload()
+
+    def _handle_usr1(self, name: str) -> None:
+        """Reopen the log file (after rotation): the workers first, each its own."""
+        settings = self.config.log_settings
+        self._kill_workers(signal.SIGUSR1)
+        try:
+            gwlog.setup(settings)
+        except OSError as exc:
+            logger.error("cannot reopen the log file; still writing to the old one",
+                         extra=gwlog.fields(path=settings.path, error=exc.strerror))
+            return
+        logger.info("reopened log file", extra=gwlog.fields(path=settings.destination))
+
+    def _handle_ttin(self, name: str) -> None:
+        # at most half the table's slots: a reload starts replacements before the old
+        # workers go
+        self._change_worker_count(name, min(self.desired_workers + 1,
+                                            self.table.max_workers // 2))
+
+    def _handle_ttou(self, name: str) -> None:
+        self._change_worker_count(name, max(self.desired_workers - 1, 1))
+
+    def _change_worker_count(self, name: str, workers: int) -> None:
+        if self.state != RUNNING:
             logger.info("worker count unchanged: draining", extra=gwlog.fields(
-                signal=signal.Signals(signum).name, workers=len(self.workers)))
-        elif signum == signal.SIGTTIN:
-            # at most half the table's slots: a reload starts replacements before the
-            # old workers go
-            self.desired_workers = min(self.desired_workers + 1, self.table.max_workers // 2)
-            logger.info("worker count changed", extra=gwlog.fields(workers=self.desired_workers))
-            self.manage_workers()
-        elif signum == signal.SIGTTOU:
-            self.desired_workers = max(self.desired_workers - 1, 1)
-            logger.info("worker count changed", extra=gwlog.fields(workers=self.desired_workers))
-            self.manage_workers()
+                signal=name, workers=len(self.workers)))
+            return
+        self.desired_workers = workers
+        logger.info("worker count changed", extra=gwlog.fields(workers=self.desired_workers))
+        self.manage_workers()
 
     def begin_drain(self, why: str) -> None:
         """Stop accepting at once (every copy of the listener is closed), let the
@@ -615,9 +632,8 @@ class Arbiter:
         self.checker.configure(_check_policy(new))
         if new.workers != old.workers:
             self.desired_workers = new.workers
-        if (new.log_level, new.log_format, new.log_file) != (
-                old.log_level, old.log_format, old.log_file):
-            gwlog.setup(new.log_level, new.log_format, new.log_file)
+        if new.log_settings != old.log_settings:
+            gwlog.setup(new.log_settings)
         logger.info("reloaded", extra=gwlog.fields(
             changed=_changed_options(old, new),
             endpoints=[e.endpoint.address for e in self.table.roster()],
@@ -790,6 +806,18 @@ class _ReloadPlan:
         if self.http is not None:
             self.http.close()
 
+
+_SIGNAL_HANDLERS: dict[int, Callable[[Arbiter, str], None]] = {
+    signal.SIGCHLD: Arbiter._handle_chld,
+    signal.SIGTERM: Arbiter._handle_term,
+    signal.SIGINT: Arbiter._handle_term,
+    signal.SIGQUIT: Arbiter._handle_quit,
+    signal.SIGHUP: Arbiter._handle_hup,
+    signal.SIGUSR1: Arbiter._handle_usr1,
+    signal.SIGTTIN: Arbiter._handle_ttin,
+    signal.SIGTTOU: Arbiter._handle_ttou,
+}
+assert set(_SIGNAL_HANDLERS) == set(HANDLED), "every handled signal has its handler"
 
 _BALANCES = {"round-robin": Balance.ROUND_ROBIN,
              "least-connections": Balance.LEAST_CONNECTIONS}

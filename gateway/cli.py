@@ -60,7 +60,7 @@ def start(argv: list[str], environ: dict[str, str], early: earlysignals.EarlySig
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     try:
-        gwlog.setup(config.log_level, config.log_format, config.log_file)
+        gwlog.setup(config.log_settings)
     except OSError as exc:
         print(f"{PROG}: option --log-file: cannot open {config.log_file!r}: {exc.strerror}",
               file=sys.stderr)

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 
 from gateway import addresses, allowlist, configfile, keepalive, listeners
+from gateway import log as gwlog
 from gateway.durations import format_duration, parse_duration
 
 ENV_PREFIX = "ETCD_GATEWAY_"
@@ -402,6 +403,11 @@ class Config:
     config_file: str | None = None
     config_text: configfile.ConfigText | None = field(default=None, compare=False, repr=False)
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def log_settings(self) -> gwlog.Settings:
+        """--log-level, --log-format and --log-file as the one value logging takes."""
+        return gwlog.Settings(self.log_level, self.log_format, self.log_file)
 
     def describe(self, name: str) -> str:
         """The effective value of option `name`, written as it would be given."""

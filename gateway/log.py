@@ -2,7 +2,9 @@
 
 design: operators grep the original's `msg` texts, so messages are fixed strings and
 everything variable goes into fields (`log.info("activated", extra=fields(address=a))`).
-`setup()` can run again (after fork, on SIGUSR1 to reopen the file, on reload).
+`setup()` can run again (after fork, on SIGUSR1 to reopen the file, on reload); what
+it sets up is one value, `Settings` (level, format, file), built from the
+configuration in one place (`Config.log_settings`).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 LOGGER_NAME = "etcd-gatewayd"
@@ -19,6 +22,24 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING
            "error": logging.ERROR}
 _NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
           logging.ERROR: "error", logging.CRITICAL: "fatal"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where and how the gateway logs: --log-level, --log-format, --log-file ("":
+    stderr)."""
+    level: str = "info"
+    fmt: str = "json"
+    path: str = ""
+
+    @property
+    def debug(self) -> bool:
+        return self.level == "debug"
+
+    @property
+    def destination(self) -> str:
+        """The file, or "stderr" (for a log line about it)."""
+        return self.path or "stderr"
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -92,19 +113,20 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str = "info", fmt: str = "json", path: str = "") -> None:
-    """(Re)configure the gateway's logger; opens `path` for append, or uses stderr.
+def setup(settings: Settings) -> None:
+    """(Re)configure the gateway's logger; opens the file for append, or uses stderr.
     The new file is opened before the old handler goes: if it cannot be opened
     (OSError), logging carries on exactly as before."""
     logger = get()
-    if path:
-        handler: logging.Handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    if settings.path:
+        handler: logging.Handler = logging.FileHandler(settings.path, mode="a",
+                                                       encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    handler.setFormatter(JsonFormatter() if settings.fmt == "json" else ConsoleFormatter())
     for old in list(logger.handlers):
         logger.removeHandler(old)
         old.close()
     logger.addHandler(handler)
-    logger.setLevel(_LEVELS.get(level, logging.INFO))
+    logger.setLevel(_LEVELS.get(settings.level, logging.INFO))
     logger.propagate = False

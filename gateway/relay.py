@@ -400,3 +400,13 @@ class Session:
         self.up.rleg = self.up.wleg = self.down.rleg = self.down.wleg = None
         if not self.ended:
             self.ended = "closed by gateway"
+
+    def __repr__(self) -> str:
+        """Enough to tell one failing session from another in a log line: its fds, its
+        member's slot, the bytes moved each way and its state (no payload, no peer)."""
+        state = f"ended ({self.ended})" if self.ended else "relaying"
+        tls = "".join(name for name, leg in (("+ctls", self.ctls), ("+utls", self.utls))
+                      if leg is not None)
+        return (f"<Session client_fd={self.client} member_fd={self.upstream}{tls} "
+                f"member_slot={self.slot} up={self.up.moved}B down={self.down.moved}B "
+                f"{state}>")

@@ -96,9 +96,8 @@ class LookupChild:
             os.closerange(3, w)          # the listener, the epoll fd, the wake-up pair...
             os.closerange(w + 1, 65536)  # ...so nothing of the master's stays open here
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
-            c = self.config
-            gwlog.setup(c.log_level, c.log_format, c.log_file)
-            payload = discovery.lookup(c, self.known).to_json().encode()
+            gwlog.setup(self.config.log_settings)
+            payload = discovery.lookup(self.config, self.known).to_json().encode()
             view = memoryview(payload)
             while view:
                 view = view[os.write(w, view):]
@@ -170,6 +169,7 @@ class Resolver:
         self._again = False             # a member failed while a lookup was running
         self._seen_down: dict[int, tuple[tuple, float]] = {}  # slot -> (address, down_at)
         self._closed = False
+        self._children: set[int] = set()  # lookup children forked and not yet reaped
 
     @property
     def running(self) -> bool:
@@ -275,6 +275,15 @@ class Resolver:
         self._child = LookupChild(self.loop, config, known,
                                   lambda answer: self._done(config, answer), self.blocked)
         self._child.start()
+        if self._child.pid:
+            self._children.add(self._child.pid)
+
+    def reaped(self, pid: int) -> bool:
+        """The master reaped `pid`: True if it was one of the lookup children."""
+        if pid in self._children:
+            self._children.discard(pid)
+            return True
+        return False
 
     def _done(self, config: Config, answer: discovery.Answer) -> None:
         self.on_answer(config, answer)

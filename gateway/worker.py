@@ -106,9 +106,7 @@ class WorkerSettings:
     dial_total_timeout: float   # a client whose dials time out is tried again until this
     timeout_fall: int           # timed-out dials in a row that mark a member down
     shutdown_timeout: float
-    log_level: str
-    log_format: str
-    log_file: str
+    log: gwlog.Settings
     keepalive: float = 15.0     # --keepalive (0: the kernel's defaults)
     idle_timeout: float = 0.0   # --idle-timeout (0: never)
     allow_from: AllowList = AllowList(())  # --allow-from (empty: everyone), TCP listeners
@@ -175,7 +173,7 @@ class Worker:
         self._roster: list[RosterEntry] = []
         self._srv_policy = False
         self._sync_session = self._sync  # one bound method shared by every session
-        self._debug = settings.log_level == "debug"
+        self._debug = settings.log.debug
         self._keepalive = keepalive.socket_options(settings.keepalive)
         self._accepting = Accepting.NO_FDS  # until run() opens it
         self._registered = False
@@ -196,7 +194,7 @@ class Worker:
     # -- life ------------------------------------------------------------------------
     def run(self) -> int:
         """The worker's whole life after fork; returns its exit status."""
-        gwlog.setup(self.settings.log_level, self.settings.log_format, self.settings.log_file)
+        gwlog.setup(self.settings.log)
         self.loop = Loop(on_error=self._handler_failed)
         self.loop.handle_signals((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1),
                                  self._on_signal)
@@ -223,9 +221,10 @@ class Worker:
     def _handler_failed(self, callback: object, exc: BaseException) -> None:
         """A bug in an event handler: log it; if it was a session's, close that session
         (its state is unknown), and keep serving every other connection."""
+        where = {"session": repr(callback)} if isinstance(callback, Session) else {}
         logger.error("event handler failed", exc_info=exc,
                      extra=gwlog.fields(worker=self.index,
-                                        handler=gwlog.handler_name(callback)))
+                                        handler=gwlog.handler_name(callback), **where))
         if isinstance(callback, Session) and callback.client >= 0:
             callback.ended = callback.ended or f"reset: internal error: {exc!r}"
             try:
@@ -240,11 +239,10 @@ class Worker:
             self.state = STOPPED
         elif signum == signal.SIGUSR1:
             try:
-                gwlog.setup(self.settings.log_level, self.settings.log_format,
-                            self.settings.log_file)
+                gwlog.setup(self.settings.log)
             except OSError as exc:
                 logger.error("cannot reopen the log file; still writing to the old one",
-                             extra=gwlog.fields(path=self.settings.log_file,
+                             extra=gwlog.fields(path=self.settings.log.path,
                                                 error=exc.strerror))
 
     def _tick(self) -> None:

@@ -9,7 +9,7 @@ from gateway import log as gwlog
 
 def test_json_lines_have_etcd_keys_then_fields(tmp_path):
     path = tmp_path / "gw.log"
-    gwlog.setup("info", "json", str(path))
+    gwlog.setup(gwlog.Settings("info", "json", str(path)))
     gwlog.get("t").info("activated", extra=gwlog.fields(address="127.0.0.1:2379"))
     line = json.loads(path.read_text().splitlines()[-1])
     assert list(line)[:4] == ["level", "ts", "caller", "msg"]
@@ -19,9 +19,9 @@ def test_json_lines_have_etcd_keys_then_fields(tmp_path):
 
 def test_a_log_file_that_cannot_be_opened_keeps_the_old_one(tmp_path):
     path = tmp_path / "gw.log"
-    gwlog.setup("info", "json", str(path))
+    gwlog.setup(gwlog.Settings("info", "json", str(path)))
     with pytest.raises(OSError):
-        gwlog.setup("info", "json", str(tmp_path / "missing-dir" / "gw.log"))
+        gwlog.setup(gwlog.Settings("info", "json", str(tmp_path / "missing-dir" / "gw.log")))
     gwlog.get("t").warning("still logged")
     assert "still logged" in path.read_text()
     assert len(logging.getLogger(gwlog.LOGGER_NAME).handlers) == 1

@@ -279,3 +279,17 @@ def test_trim_closes_idle_pipes_only_after_a_quiet_period():
     assert pool.idle() == 3
     pool.trim()                      # a quiet period: closed
     assert pool.idle() == 0 and pool.pipes_open == 0
+
+
+def test_a_session_repr_names_its_fds_member_bytes_and_state(wired):
+    driver, session, app, member = wired
+    app.sendall(b"hello")
+    driver.run_until(lambda: session.up.moved == 5)
+    session.slot = 3
+    text = repr(session)
+    assert f"client_fd={session.client} member_fd={session.upstream}" in text
+    assert "member_slot=3 up=5B down=0B relaying" in text
+    member.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    member.close()
+    driver.run_until(lambda: session.ended)
+    assert f"ended ({session.ended})" in repr(session)

@@ -2,6 +2,7 @@
 import os
 import socket
 
+from gateway import log as gwlog
 from gateway.addresses import HostPort
 from gateway.health import C_ACTIVE, Endpoint, HealthTable
 from gateway.listeners import open_listener
@@ -11,7 +12,7 @@ from gateway.worker import SERVING, Worker, WorkerSettings
 
 SETTINGS = WorkerSettings(dial_timeout=1.0, dial_total_timeout=10.0, timeout_fall=2,
                           shutdown_timeout=5.0,
-                          log_level="error", log_format="json", log_file="")
+                          log=gwlog.Settings("error", "json", ""))
 
 
 class Exploding(Session):
