@@ -459,6 +459,18 @@ def test_bad_tls_input_is_one_line_and_exit_2(pki, bad_files, case, expect):
     assert "Traceback" not in res.stderr
 
 
+def test_check_config_makes_the_same_tls_checks(pki):
+    args = ["--check-config", "--endpoints", "127.0.0.1:2379", "--cert-file", pki.gateway.cert,
+            "--key-file", pki.client.key]
+    res = run_gateway(args, timeout=20)
+    assert res.returncode == 2
+    assert "--key-file" in res.stderr and "does not match" in res.stderr
+    args[-1] = pki.gateway.key
+    res = run_gateway(args, timeout=20)
+    assert res.returncode == 0, res.stderr
+    assert "configuration is valid" in res.stdout
+
+
 def test_mixing_https_and_plain_endpoints_is_refused():
     res = run_gateway(["--endpoints", "https://127.0.0.1:2379,127.0.0.1:2380"], timeout=20)
     assert res.returncode == 2
