@@ -12,6 +12,8 @@ from tests.support.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
+CANARY = "canary-token-0c5e77a1"
+
 
 def scrape(addr: str) -> dict[str, float]:
     with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as resp:
@@ -25,7 +27,8 @@ def test_a_stopped_worker_is_bypassed_then_killed_and_replaced(gateway_factory):
     with EchoServer() as echo:
         gw = gateway_factory([f"--listen-addr=127.0.0.1:{port}", f"--endpoints={echo.addr}",
                               "--workers=3", "--worker-timeout=3s", "--health-check=none",
-                              f"--metrics-addr=127.0.0.1:{metrics}"])
+                              f"--metrics-addr=127.0.0.1:{metrics}"],
+                             env={"CANARY_SECRET": CANARY})
         wait_until(lambda: len(gw.worker_pids()) == 3, 10, "3 workers never came up")
         victim = gw.worker_pids()[0]
         os.kill(victim, signal.SIGSTOP)
@@ -47,6 +50,7 @@ def test_a_stopped_worker_is_bypassed_then_killed_and_replaced(gateway_factory):
         assert not gw.find_logs("workers keep dying")
         assert scrape(f"127.0.0.1:{metrics}")["etcd_gateway_worker_timeouts_total"] == 1
         assert echo_once(("127.0.0.1", port), b"after") == b"after"
+    assert CANARY not in gw.stderr_text() + gw.stdout_text()  # a kill logs no environment
 
 
 def test_a_worker_timeout_of_zero_leaves_a_stopped_worker_alone(gateway_factory):
