@@ -35,8 +35,9 @@ from gateway import tls as gwtls
 from gateway import __version__, discovery, listeners, resolver, sysd
 from gateway.addresses import ListenAddr
 from gateway import log as gwlog
-from gateway.health import (G_WORKER_TIMEOUTS, GATEWAY, LOAD_REFRESH, ROUND_ROBIN, Balance,
-                            Endpoint, HealthTable, NoWorkerSlot)
+from gateway.endpoints import MAX_WORKERS, Endpoint, Order, order_for
+from gateway.health import (G_WORKER_TIMEOUTS, GATEWAY, LOAD_REFRESH, Balance, HealthTable,
+                            NoWorkerSlot)
 from gateway.httpd import HttpServer, bind_http
 from gateway.loop import Loop, Timer
 from gateway.metrics import GatewayInfo, MetricsApp
@@ -144,7 +145,7 @@ class Arbiter:
         finally:
             self._close_listeners()  # unix socket files are removed on every way out
 
-    def _serve(self, endpoints: list, policy: int) -> int:
+    def _serve(self, endpoints: list, policy: Order) -> int:
         self.http = self._open_metrics(self.config.metrics_addr)
         self.table.publish(endpoints, policy)
         self.resolver.remember_marks()
@@ -504,10 +505,7 @@ class Arbiter:
         logger.info("reopened log file", extra=gwlog.fields(path=settings.destination))
 
     def _handle_ttin(self, name: str) -> None:
-        # at most half the table's slots: a reload starts replacements before the old
-        # workers go
-        self._change_worker_count(name, min(self.desired_workers + 1,
-                                            self.table.max_workers // 2))
+        self._change_worker_count(name, min(self.desired_workers + 1, MAX_WORKERS))
 
     def _handle_ttou(self, name: str) -> None:
         self._change_worker_count(name, max(self.desired_workers - 1, 1))
@@ -623,7 +621,7 @@ class Arbiter:
         old_addresses = [e.endpoint.address for e in self.table.roster()]
         self.config = new
         if plan.endpoints:  # empty: only new names, published when they resolve
-            self._publish_roster(plan.endpoints, ROUND_ROBIN, "SIGHUP")
+            self._publish_roster(plan.endpoints, order_for(new.discovery_srv), "SIGHUP")
         self._set_load_policy(new)
         self.table.set_retry_delay(new.retry_delay)  # workers only log it: not a setting
         self._tls_signature, self._tls_failed_signature = plan.tls_signature, None
@@ -761,7 +759,7 @@ class Arbiter:
             logger.info("endpoint name resolves again", extra=gwlog.fields(name=name))
         self._unresolved = now
 
-    def _publish_roster(self, endpoints: list[Endpoint], policy: int, source: str) -> None:
+    def _publish_roster(self, endpoints: list[Endpoint], policy: Order, source: str) -> None:
         """Make `endpoints` the roster, if it differs. Addresses that stay keep their
         slot (health mark, counters); new ones are published down and checked before
         they take clients (when a check is configured); vanished ones take no new

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 
 from gateway import log as gwlog
 from gateway.addresses import connect_error
-from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable, RosterEntry
+from gateway.endpoints import RosterEntry
+from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable
 from gateway.loop import READ, WRITE, Loop, Timer
 from gateway.tlsleg import TlsLeg, describe_failure, server_name
 

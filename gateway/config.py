@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from gateway import addresses, allowlist, configfile, keepalive, listeners
 from gateway import log as gwlog
+from gateway.endpoints import MAX_ENDPOINTS, MAX_WORKERS
 from gateway.durations import format_duration, parse_duration
 
 ENV_PREFIX = "ETCD_GATEWAY_"
@@ -62,9 +63,6 @@ def _bool(text: str | bool) -> bool:
     raise ValueError("want true or false")
 
 
-MAX_WORKERS = 64    # half the shared table's worker slots: a reload starts the new
-                    # workers before the old ones leave
-MAX_ENDPOINTS = 64  # the shared table's endpoint slots
 
 
 def _workers(text: str) -> int:

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 from gateway import addresses, srv
 from gateway import log as gwlog
-from gateway.config import MAX_ENDPOINTS, Config, ConfigError
-from gateway.health import RFC2782, ROUND_ROBIN, Endpoint, RosterEntry
+from gateway.config import Config, ConfigError
+from gateway.endpoints import MAX_ENDPOINTS, Endpoint, Order, RosterEntry
 
 logger = gwlog.get("discovery")
 
@@ -41,26 +41,26 @@ class DiscoveryError(Exception):
 @dataclass(frozen=True)
 class Roster:
     endpoints: list[Endpoint]
-    policy: int               # ROUND_ROBIN or RFC2782
+    policy: Order
 
 
 @dataclass
 class Answer:
     """What one lookup found; JSON-able, so a child can pass it up a pipe."""
     endpoints: list[Endpoint]
-    policy: int                                           # ROUND_ROBIN or RFC2782
+    policy: Order
     errors: list[str] = field(default_factory=list)       # one line per problem
     unresolved: list[str] = field(default_factory=list)   # names kept at their last addresses
 
     def to_json(self) -> str:
         return json.dumps({"endpoints": [asdict(ep) for ep in self.endpoints],
-                           "policy": self.policy, "errors": self.errors,
+                           "policy": int(self.policy), "errors": self.errors,
                            "unresolved": self.unresolved})
 
     @classmethod
     def from_json(cls, text: str) -> "Answer":
         data = json.loads(text)
-        return cls([Endpoint(**ep) for ep in data["endpoints"]], int(data["policy"]),
+        return cls([Endpoint(**ep) for ep in data["endpoints"]], Order(int(data["policy"])),
                    [str(e) for e in data["errors"]], [str(n) for n in data["unresolved"]])
 
 
@@ -68,7 +68,7 @@ def resolve(config: Config) -> Roster:
     """The roster for `config`, at start. ConfigError for a bad static endpoint,
     DiscoveryError when SRV discovery finds nothing usable (never a fallback)."""
     if not config.discovery_srv:
-        return Roster(resolve_static(config), ROUND_ROBIN)
+        return Roster(resolve_static(config), Order.ROUND_ROBIN)
     found = discover_srv(config)
     if not found.endpoints:
         raise DiscoveryError(
@@ -77,7 +77,7 @@ def resolve(config: Config) -> Roster:
     if "endpoints" in config.sources:
         logger.info("ignoring --endpoints: using the members found by SRV discovery",
                     extra=gwlog.fields(endpoints=[str(e) for e in config.endpoints]))
-    return Roster(found.endpoints, RFC2782)
+    return Roster(found.endpoints, Order.RFC2782)
 
 
 def lookup(config: Config, known: dict[str, list[Endpoint]]) -> Answer:
@@ -85,11 +85,11 @@ def lookup(config: Config, known: dict[str, list[Endpoint]]) -> Answer:
     `known`: the addresses each name has now, kept for a name that does not resolve."""
     if config.discovery_srv:
         found = discover_srv(config)
-        return Answer(found.endpoints, RFC2782, found.errors)
+        return Answer(found.endpoints, Order.RFC2782, found.errors)
     listens = _listen_resolved(config)
     answers = _resolve_all(config.endpoints)
     groups: list[tuple[str, list[addresses.Resolved]]] = []
-    out = Answer([], ROUND_ROBIN)
+    out = Answer([], Order.ROUND_ROBIN)
     for hp in config.endpoints:
         label = str(hp)
         addrs = answers[hp]

@@ -32,6 +32,10 @@ writer or tolerates racing writers that write the same kind of value:
   with slices, not a Python loop per cell. The limit and the balance policy sit in the
   header, so a reload changes them without replacing workers.
 
+The layout of every fixed-size record (the header with its policy, limit and balance
+words, an endpoint slot, a worker slot) is written down once, as a `_Record`: fields
+in order, offsets computed from their struct formats and checked to fit at import.
+
 An endpoint keeps its slot for as long as it is in the roster, so health marks and
 counters of endpoints that survive a reload are kept by construction. A slot freed by
 a removed endpoint may still be written by that endpoint's open sessions (their bytes,
@@ -50,30 +54,63 @@ import enum
 import mmap
 import struct
 import time
-from dataclasses import dataclass
-
-from gateway.addresses import join_host_port, with_zone
+from gateway.endpoints import (MAX_ENDPOINTS, MAX_LISTENERS, MAX_WORKER_SLOTS, Endpoint, Order,
+                               RosterEntry)
 
 MAGIC = 0xE7CD6A7E
-MAX_ENDPOINTS = 64
+LAYOUT_VERSION = 1
 REUSE_GRACE = 10.0  # seconds a freed slot waits before reuse: a dial under way when its
                     # endpoint was removed (bounded by --dial-timeout) may still connect
-MAX_WORKERS = 128
 
-# header: magic, layout version, roster generation, round-robin counter
-_HEADER = struct.Struct("<IIQQ")
-_HEADER_SIZE = 64
-_GEN_OFF = 8
-_RR_OFF = 16
-_POLICY_OFF = 24
+class _Record:
+    """The layout of one fixed-size record of the table, in one place: its fields in
+    order, each at the next offset aligned to its own size, computed from its struct
+    format. Checked at import: the fields must fit the record's `room`."""
+
+    def __init__(self, room: int, *fields: tuple[str, str]):
+        self.room = room
+        self.offsets: dict[str, int] = {}
+        off = 0
+        for name, fmt in fields:
+            size = struct.calcsize("<" + fmt)
+            align = size if fmt in ("B", "H", "I", "i", "Q", "d") else 1
+            off += -off % align
+            self.offsets[name] = off
+            off += size
+        self.used = off
+        if off > room:
+            raise RuntimeError(f"shared table layout: {off} bytes of fields in a "
+                               f"{room}-byte record")
+
+    def __getitem__(self, name: str) -> int:
+        return self.offsets[name]
+
+
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-ROUND_ROBIN, RFC2782 = 0, 1  # how workers choose among the roster
 _F64 = struct.Struct("<d")
-_MAX_CONNECTIONS_OFF = 32  # u64: --max-connections (0: no limit), written by the master
-_BALANCE_OFF = 40          # u32: a Balance, written by the master
-_RETRY_DELAY_OFF = 48      # f64 --retry-delay, written by the master: workers only log it
-_TLS_GEN_OFF = 56          # u64: bumped by the master when workers must re-read TLS files
+
+# The header: written by the master, read by everyone.
+_HEADER_LAYOUT = _Record(
+    64,
+    ("magic", "I"),             # MAGIC
+    ("version", "I"),           # LAYOUT_VERSION
+    ("generation", "Q"),        # the roster's seqlock: odd while the master writes it
+    ("rr", "Q"),                # the shared round-robin counter
+    ("policy", "I"),            # the roster's endpoints.Order, published with it
+    ("max_connections", "Q"),   # --max-connections (0: no limit)
+    ("balance", "I"),           # --balance, a Balance
+    ("retry_delay", "d"),       # --retry-delay: workers only log it
+    ("tls_generation", "Q"),    # bumped when workers must re-read the TLS files
+)
+_HEADER_SIZE = _HEADER_LAYOUT.room
+_GEN_OFF = _HEADER_LAYOUT["generation"]
+_RR_OFF = _HEADER_LAYOUT["rr"]
+_POLICY_OFF = _HEADER_LAYOUT["policy"]
+_MAX_CONNECTIONS_OFF = _HEADER_LAYOUT["max_connections"]
+_BALANCE_OFF = _HEADER_LAYOUT["balance"]
+_RETRY_DELAY_OFF = _HEADER_LAYOUT["retry_delay"]
+_TLS_GEN_OFF = _HEADER_LAYOUT["tls_generation"]
 LOAD_REFRESH = 0.05        # seconds between the master's load aggregate refreshes
 
 
@@ -82,23 +119,39 @@ class Balance(enum.IntEnum):
     ROUND_ROBIN = 0
     LEAST_CONNECTIONS = 1
 
-# endpoint slot: static part (master, under the seqlock), then dynamic health fields
-# (a label holds a whole DNS name, 253 bytes at most, and ":port")
+
+# An endpoint slot: the static part (master, under the seqlock), then the dynamic
+# health fields (a label holds a whole DNS name, 253 bytes at most, and ":port").
 _EP_STATIC = struct.Struct("<BBHHH46s264sH")  # in_use, family, port, prio, weight, ip, label,
                                               # IPv6 scope id (zone; 0 = none)
-_EP_SIZE = 512
-_EP_DOWN_OFF = 320      # f64 down_at
-_EP_CHANGED_OFF = 328   # f64 wall-clock time of the last state change
-_EP_ERROR_OFF = 336     # last error text
 _EP_ERROR_LEN = 152
-_EP_TIMEOUT_AT_OFF = 488  # f64 CLOCK_MONOTONIC second the latest counted timeout fired
-_EP_TIMEOUTS_OFF = 496  # u32 timed-out dials since the last success (see note_dial_timeout)
-_EP_DIAL_OK_OFF = 504   # f64 CLOCK_MONOTONIC second of the latest successful dial
+_EP_LAYOUT = _Record(
+    512,
+    ("static", _EP_STATIC.format[1:]),
+    ("down_at", "d"),           # 0.0 up, else the CLOCK_MONOTONIC second it failed
+    ("changed", "d"),           # wall-clock time of the last state change
+    ("error", f"{_EP_ERROR_LEN}s"),  # the last error text
+    ("timeout_at", "d"),        # CLOCK_MONOTONIC second the latest counted timeout fired
+    ("timeouts", "I"),          # timed-out dials since the last success (note_dial_timeout)
+    ("dial_ok", "d"),           # CLOCK_MONOTONIC second of the latest successful dial
+)
+_EP_SIZE = _EP_LAYOUT.room
+_EP_DOWN_OFF = _EP_LAYOUT["down_at"]
+_EP_CHANGED_OFF = _EP_LAYOUT["changed"]
+_EP_ERROR_OFF = _EP_LAYOUT["error"]
+_EP_TIMEOUT_AT_OFF = _EP_LAYOUT["timeout_at"]
+_EP_TIMEOUTS_OFF = _EP_LAYOUT["timeouts"]
+_EP_DIAL_OK_OFF = _EP_LAYOUT["dial_ok"]
 
-# worker slot: pid, then per-worker figures
+# A worker slot: pid, then per-worker figures.
 _WK = struct.Struct("<Iid")  # pid, state (0 free, 1 live), started (wall clock)
-_WK_SIZE = 32
-_WK_BEAT_OFF = 16     # f64 CLOCK_MONOTONIC second of the worker's latest loop tick
+_WK_LAYOUT = _Record(
+    32,
+    ("id", _WK.format[1:]),
+    ("beat", "d"),              # CLOCK_MONOTONIC second of the worker's latest loop tick
+)
+_WK_SIZE = _WK_LAYOUT.room
+_WK_BEAT_OFF = _WK_LAYOUT["beat"]
 
 # counters: one u64 per (row, column, counter). Rows: one per worker slot, then the
 # retired totals of dead workers, then the master's own. Columns: one per endpoint
@@ -117,7 +170,6 @@ G_DENIED = 4  # clients closed at accept because --allow-from does not list them
 G_WORKER_TIMEOUTS = 8  # master's row: workers killed by the watchdog (--worker-timeout)
 # listener columns (after GATEWAY): per listener counters; the master hands out the
 # columns (`claim_listener_slot`) and knows their labels
-MAX_LISTENERS = 16
 LISTENER0 = MAX_ENDPOINTS + 1  # the column of listener slot 0
 L_ACCEPTED, L_DENIED = range(2)
 # TLS handshakes, gateway column: per side (client: the gateway terminates; member: it
@@ -139,34 +191,6 @@ _LOAD_ROW = MAX_ENDPOINTS + 1  # u64 cells per load row: endpoints, then gateway
 _LOAD_ROW_SIZE = _LOAD_ROW * 8
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """An endpoint as published in the roster: where to connect, and how to call it."""
-    label: str            # what the operator wrote (or the SRV target), for logs
-    family: int
-    ip: str
-    port: int
-    priority: int = 0
-    weight: int = 0
-    scope_id: int = 0     # the interface of a link-local IPv6 address (its %zone)
-
-    @property
-    def sockaddr(self) -> tuple:
-        if self.scope_id:
-            return (self.ip, self.port, 0, self.scope_id)
-        return (self.ip, self.port)
-
-    @property
-    def address(self) -> str:
-        return join_host_port(with_zone(self.ip, self.scope_id), self.port)
-
-
-@dataclass(frozen=True)
-class RosterEntry:
-    slot: int
-    endpoint: Endpoint
-
-
 class NoWorkerSlot(RuntimeError):
     """Every worker slot is taken (by live and retiring workers): wait for one to exit."""
 
@@ -174,7 +198,7 @@ class NoWorkerSlot(RuntimeError):
 class HealthTable:
     """Typed access to the shared mapping; construct once in the master, before fork."""
 
-    def __init__(self, max_endpoints: int = MAX_ENDPOINTS, max_workers: int = MAX_WORKERS):
+    def __init__(self, max_endpoints: int = MAX_ENDPOINTS, max_workers: int = MAX_WORKER_SLOTS):
         self.max_endpoints = max_endpoints
         self.max_workers = max_workers
         self._ep_base = _HEADER_SIZE
@@ -192,7 +216,8 @@ class HealthTable:
         size = self._seen_base + max_workers * _LOAD_ROW_SIZE
         self.buf = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self._words = memoryview(self.buf).cast("Q")  # the same bytes as u64 cells
-        _HEADER.pack_into(self.buf, 0, MAGIC, 1, 0, 0)
+        _U32.pack_into(self.buf, _HEADER_LAYOUT["magic"], MAGIC)
+        _U32.pack_into(self.buf, _HEADER_LAYOUT["version"], LAYOUT_VERSION)
         self._cursor = 0  # master-private: where the next free-slot search starts
         self._listener_slots: set[int] = set()  # master-private: listener columns in use
         self._listener_cursor = 0
@@ -204,9 +229,9 @@ class HealthTable:
         return _U64.unpack_from(self.buf, _GEN_OFF)[0]
 
     @property
-    def policy(self) -> int:
-        """ROUND_ROBIN (static endpoints) or RFC2782 (endpoints found by SRV)."""
-        return _U32.unpack_from(self.buf, _POLICY_OFF)[0]
+    def policy(self) -> Order:
+        """How the workers order the roster (endpoints.Order)."""
+        return Order(_U32.unpack_from(self.buf, _POLICY_OFF)[0])
 
     @property
     def retry_delay(self) -> float:
@@ -216,7 +241,7 @@ class HealthTable:
     def set_retry_delay(self, seconds: float) -> None:
         _F64.pack_into(self.buf, _RETRY_DELAY_OFF, seconds)
 
-    def publish(self, endpoints: list[Endpoint], policy: int = ROUND_ROBIN) -> list[RosterEntry]:
+    def publish(self, endpoints: list[Endpoint], policy: Order = Order.ROUND_ROBIN) -> list[RosterEntry]:
         """Make `endpoints` the roster. Endpoints already present keep their slot (and so
         their health mark and counters); removed ones free theirs. Master only."""
         if len(endpoints) > self.max_endpoints:

@@ -28,7 +28,8 @@ from typing import Callable
 from gateway import discovery
 from gateway import log as gwlog
 from gateway.config import Config
-from gateway.health import RFC2782, ROUND_ROBIN, Endpoint, HealthTable
+from gateway.endpoints import Endpoint, order_for
+from gateway.health import HealthTable
 from gateway.loop import READ, Loop, Timer
 
 logger = gwlog.get("resolver")
@@ -40,8 +41,7 @@ FAILURE_GAP = 2.0        # at most one failure-triggered lookup per this many se
 
 def _failed(config: Config, why: str) -> discovery.Answer:
     """A lookup that produced nothing: an empty answer with the reason."""
-    policy = RFC2782 if config.discovery_srv else ROUND_ROBIN
-    return discovery.Answer([], policy, [why])
+    return discovery.Answer([], order_for(config.discovery_srv), [why])
 
 
 class LookupChild:

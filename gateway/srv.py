@@ -35,7 +35,7 @@ import dns.resolver
 
 from gateway import log
 from gateway.addresses import HostPort, join_host_port
-from gateway.health import Endpoint
+from gateway.endpoints import Endpoint
 
 _log = log.get("srv")
 

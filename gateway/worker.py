@@ -63,13 +63,13 @@ from gateway import log as gwlog
 from gateway import tls as gwtls
 from gateway.addresses import connect_error, join_host_port
 from gateway.config import ConfigError
+from gateway.endpoints import Order, RosterEntry
 from gateway import picker
 from gateway.allowlist import AllowList
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, G_ACCEPTED, G_DENIED, G_LIMITED, G_OPEN,
-                            G_REJECTED, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0, RFC2782,
-                            TLS_CLIENT, TLS_MEMBER, Balance, HealthTable, RosterEntry,
-                            tls_counter)
+                            G_REJECTED, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0,
+                            TLS_CLIENT, TLS_MEMBER, Balance, HealthTable, tls_counter)
 from gateway.listeners import Kind, Listener
 from gateway.loop import READ, WRITE, Loop, Timer, set_interest
 from gateway.relay import ChannelPool, Session, close_fd, socket_for, splice_works
@@ -171,7 +171,7 @@ class Worker:
         self.dials: set[Dial] = set()
         self._roster_gen = -1
         self._roster: list[RosterEntry] = []
-        self._srv_policy = False
+        self._order = Order.ROUND_ROBIN  # the roster's, as published with it
         self._sync_session = self._sync  # one bound method shared by every session
         self._debug = settings.log.debug
         self._keepalive = keepalive.socket_options(settings.keepalive)
@@ -445,7 +445,7 @@ class Worker:
         gen = self.table.generation
         if gen != self._roster_gen:
             self._roster = self.table.roster()
-            self._srv_policy = self.table.policy == RFC2782
+            self._order = self.table.policy
             self._roster_gen = gen
         return self._roster
 
@@ -455,11 +455,11 @@ class Worker:
             load = table.relayed_per_endpoint(self.index, [e.slot for e in roster])
             if self._dialling:
                 load = [n + self._dialling[e.slot] for n, e in zip(load, roster)]
-            if self._srv_policy:
+            if self._order == Order.RFC2782:
                 return picker.least_connections(roster, up, load, table.next_rr(),
                                                 _priority, _weight)
             return picker.least_connections(roster, up, load, table.next_rr())
-        if self._srv_policy:
+        if self._order == Order.RFC2782:
             return picker.rfc2782(roster, up, _priority, _weight, random.random)
         return picker.round_robin(roster, up, table.next_rr())
 

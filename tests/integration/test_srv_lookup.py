@@ -16,7 +16,7 @@ import pytest
 
 from gateway import srv
 from gateway.addresses import HostPort
-from gateway.health import Endpoint
+from gateway.endpoints import Endpoint
 from tests.support.dns import BlackholeDNS, Dnsmasq
 from tests.support.echo import HungListener, dead_addr
 from tests.support.ports import free_ports

@@ -9,7 +9,7 @@ import pytest
 
 from gateway import config, discovery
 from gateway.addresses import Resolved
-from gateway.health import ROUND_ROBIN, Endpoint, RosterEntry
+from gateway.endpoints import Endpoint, Order, RosterEntry
 
 TOO_LONG = "x" * 64 + ".test"   # a DNS label over 63 bytes: fails without a query
 
@@ -110,5 +110,5 @@ def test_an_address_given_twice_is_one_entry_under_the_first_name():
 
 def test_an_answer_crosses_the_pipe_unchanged():
     answer = discovery.Answer([Endpoint("db.test:2379", socket.AF_INET6, "::1", 2379)],
-                              ROUND_ROBIN, ["one error"], ["db.test:2379"])
+                              Order.ROUND_ROBIN, ["one error"], ["db.test:2379"])
     assert discovery.Answer.from_json(answer.to_json()) == answer

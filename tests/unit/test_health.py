@@ -3,7 +3,10 @@ import os
 import socket
 import time
 
-from gateway.health import (C_ACTIVE, C_BYTES_SENT, C_CONNECTIONS, Endpoint, HealthTable)
+import pytest
+
+from gateway.endpoints import Endpoint
+from gateway.health import C_ACTIVE, C_BYTES_SENT, C_CONNECTIONS, HealthTable
 
 
 def ep(port, label=None):
@@ -307,3 +310,24 @@ def test_a_heartbeat_is_seen_by_the_master_and_a_new_slot_starts_without_one():
     assert table.last_beat(index) == 123.5
     table.release_worker_slot(index)
     assert table.last_beat(table.claim_worker_slot(2)) == 0.0
+
+
+def test_a_record_whose_fields_do_not_fit_is_refused_at_import():
+    from gateway.health import _Record
+    with pytest.raises(RuntimeError, match="16 bytes of fields in a 8-byte record"):
+        _Record(8, ("flag", "B"), ("value", "Q"))
+
+
+def test_record_fields_are_aligned_to_their_size():
+    from gateway.health import _Record
+    record = _Record(32, ("flag", "B"), ("count", "I"), ("name", "3s"), ("at", "d"))
+    assert record.offsets == {"flag": 0, "count": 4, "name": 8, "at": 16}
+
+
+def test_the_roster_order_is_published_with_the_roster():
+    from gateway.endpoints import Order
+    table = HealthTable()
+    table.publish([Endpoint("a", socket.AF_INET, "127.0.0.1", 2379)], Order.RFC2782)
+    assert table.policy is Order.RFC2782
+    table.publish([Endpoint("a", socket.AF_INET, "127.0.0.1", 2379)])
+    assert table.policy is Order.ROUND_ROBIN

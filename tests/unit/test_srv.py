@@ -9,7 +9,7 @@ import pytest
 
 from gateway import srv
 from gateway.addresses import HostPort
-from gateway.health import Endpoint
+from gateway.endpoints import Endpoint
 
 
 def _srv_rdata(text: str):

@@ -4,7 +4,8 @@ import socket
 
 from gateway import log as gwlog
 from gateway.addresses import HostPort
-from gateway.health import C_ACTIVE, Endpoint, HealthTable
+from gateway.endpoints import Endpoint
+from gateway.health import C_ACTIVE, HealthTable
 from gateway.listeners import open_listener
 from gateway.loop import Loop
 from gateway.relay import ChannelPool, Session
