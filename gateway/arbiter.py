@@ -23,6 +23,7 @@ stops at once.
 from __future__ import annotations
 
 import collections
+import enum
 import os
 import resource
 import signal
@@ -48,7 +49,13 @@ from gateway.worker import Worker, WorkerSettings
 
 logger = gwlog.get("master")
 
-RUNNING, DRAINING, STOPPED = "running", "draining", "stopped"
+class State(enum.Enum):
+    """The master's life (see the module comment)."""
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
 CRASH_WINDOW = 10.0      # seconds
 CRASH_LIMIT = 5          # worker deaths within the window that make the master give up
 KILL_GRACE = 5.0         # after the shutdown timeout, before SIGKILL
@@ -86,7 +93,7 @@ class Arbiter:
         self.argv = argv
         self.environ = environ
         self.early_signals = early_signals  # start-up's handlers, until the loop's
-        self.state = RUNNING
+        self.state = State.RUNNING
         self.workers: dict[int, WorkerRecord] = {}
         self.exit_status = 0
         self.pid = os.getpid()
@@ -124,7 +131,7 @@ class Arbiter:
                      extra=gwlog.fields(handler=gwlog.handler_name(callback)))
 
     def __repr__(self) -> str:
-        return (f"<Arbiter pid={self.pid} state={self.state} "
+        return (f"<Arbiter pid={self.pid} state={self.state.value} "
                 f"workers={len(self.workers)}>")
 
     # -- start -----------------------------------------------------------------------
@@ -167,7 +174,7 @@ class Arbiter:
         self._act_on_startup_signals(during_startup)
         self._schedule_tls_watch()
         try:
-            while self.state != STOPPED:
+            while self.state != State.STOPPED:
                 self.loop.run_once(1.0)
                 self._check_deadlines()
         except FatalError as exc:
@@ -272,7 +279,7 @@ class Arbiter:
                            listeners={lst.slot: lst.label for lst in self.listeners},
                            desired_workers=self.desired_workers, reloads_total=self.reloads,
                            cpu_offsets=dict(self.cpu_offsets), version=__version__,
-                           draining=self.state != RUNNING,
+                           draining=self.state != State.RUNNING,
                            certificates=[c.as_json() for c in self.tls.certificates],
                            resolution_failures=dict(self.resolution_failures))
 
@@ -299,7 +306,7 @@ class Arbiter:
         """Make the serving workers match the desired count, settings and listener.
         Workers forked with older settings or an older listener are replaced: the new
         ones are started first, then the old ones drain, so accepting never pauses."""
-        if self.state != RUNNING:
+        if self.state != State.RUNNING:
             return
         settings = self._worker_settings()
         serving = sorted((w for w in self.workers.values() if not w.retiring),
@@ -410,7 +417,7 @@ class Arbiter:
             logger.info("worker exited", extra=gwlog.fields(
                 worker=record.index, worker_pid=record.pid, status=how,
                 reason="worker timeout"))
-        elif record.retiring or self.state != RUNNING:
+        elif record.retiring or self.state != State.RUNNING:
             logger.info("worker exited", extra=gwlog.fields(
                 worker=record.index, worker_pid=record.pid, status=how))
         elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
@@ -428,10 +435,10 @@ class Arbiter:
             if len(self._deaths) >= CRASH_LIMIT:
                 raise FatalError(f"workers keep dying ({len(self._deaths)} in "
                                  f"{CRASH_WINDOW:g}s, last: {how}); giving up")
-        if self.state == RUNNING:
+        if self.state == State.RUNNING:
             self.manage_workers()
         elif not self.workers:
-            self.state = STOPPED
+            self.state = State.STOPPED
 
     # -- watchdog ----------------------------------------------------------------------
     def _watch_workers(self) -> None:
@@ -481,7 +488,7 @@ class Arbiter:
 
     def _handle_term(self, name: str) -> None:
         """SIGTERM/SIGINT: drain; the second one stops at once."""
-        if self.state == RUNNING:
+        if self.state == State.RUNNING:
             self.begin_drain(name)
         else:
             self.quit_now(name + " again")
@@ -511,7 +518,7 @@ class Arbiter:
         self._change_worker_count(name, max(self.desired_workers - 1, 1))
 
     def _change_worker_count(self, name: str, workers: int) -> None:
-        if self.state != RUNNING:
+        if self.state != State.RUNNING:
             logger.info("worker count unchanged: draining", extra=gwlog.fields(
                 signal=name, workers=len(self.workers)))
             return
@@ -522,7 +529,7 @@ class Arbiter:
     def begin_drain(self, why: str) -> None:
         """Stop accepting at once (every copy of the listener is closed), let the
         workers finish their sessions within the shutdown timeout, then exit 0."""
-        self.state = DRAINING
+        self.state = State.DRAINING
         sysd.notify("STOPPING=1")
         self._close_listeners()
         self._kill_workers(signal.SIGTERM)
@@ -530,23 +537,23 @@ class Arbiter:
         logger.info("draining connections", extra=gwlog.fields(
             signal=why, timeout=self.config.shutdown_timeout, workers=len(self.workers)))
         if not self.workers:
-            self.state = STOPPED
+            self.state = State.STOPPED
 
     def quit_now(self, why: str) -> None:
         """Stop at once: workers close every connection and exit."""
         if self._quitting:
             return
         self._quitting = True
-        self.state = DRAINING
+        self.state = State.DRAINING
         self._close_listeners()
         self._kill_workers(signal.SIGQUIT)
         self._stop_deadline = time.monotonic() + QUIT_GRACE
         logger.info("stopping now", extra=gwlog.fields(signal=why, workers=len(self.workers)))
         if not self.workers:
-            self.state = STOPPED
+            self.state = State.STOPPED
 
     def _check_deadlines(self) -> None:
-        if self.state == DRAINING and self.workers and time.monotonic() >= self._stop_deadline:
+        if self.state == State.DRAINING and self.workers and time.monotonic() >= self._stop_deadline:
             logger.warning("workers did not stop in time: killing them",
                            extra=gwlog.fields(workers=sorted(self.workers)))
             self._kill_workers(signal.SIGKILL)
@@ -559,7 +566,7 @@ class Arbiter:
         binding a new listen or metrics address) is done first, into a plan; only then
         is the plan applied. Endpoint changes reach every worker at once through the
         table; open connections are untouched."""
-        if self.state != RUNNING:
+        if self.state != State.RUNNING:
             logger.info("reload ignored: draining", extra=gwlog.fields(signal="SIGHUP"))
             return
         sysd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -663,7 +670,7 @@ class Arbiter:
         once (until it changes again) and the material in use stays."""
         self._tls_timer = None
         self._schedule_tls_watch()
-        if self.state != RUNNING:
+        if self.state != State.RUNNING:
             return
         options = self.tls.options
         signature = gwtls.signature(options)
@@ -727,7 +734,7 @@ class Arbiter:
     def _lookup_done(self, config: gwconfig.Config, answer: discovery.Answer) -> None:
         """A lookup's answer (from the resolver's child): publish it. An empty or failed
         one keeps the last good set; a name that did not resolve kept its addresses."""
-        if self.state != RUNNING or config is not self.config:
+        if self.state != State.RUNNING or config is not self.config:
             return  # stale: the configuration changed since it was asked
         if answer.endpoints or answer.unresolved:  # else the lookup itself failed
             self._note_unresolved(answer)

@@ -29,6 +29,7 @@ everything else (interest, backpressure, half-close, teardown) is the same code.
 """
 from __future__ import annotations
 
+import enum
 import fcntl
 import os
 import socket
@@ -256,11 +257,27 @@ class Direction:
         self.moved = 0
 
 
+class End(enum.Enum):
+    """How a session ended (the value is how a log line says it). A hard end closes
+    both sockets with SO_LINGER 0, so each peer sees a reset; the others with a FIN."""
+    CLOSED = "closed"                      # both directions done
+    RESET = "reset"                        # an error on one side (reset, broken pipe)
+    FAILED = "reset: internal error"       # a bug in its handler: its state is unknown
+    IDLE = "idle timeout"                  # --idle-timeout
+    SHUTDOWN = "closed at shutdown"        # the worker stopped with it open
+    GATEWAY = "closed by gateway"          # closed before any of the above
+
+    @property
+    def hard(self) -> bool:
+        return self in (End.RESET, End.FAILED)
+
+
 class Session:
     """A client connection relayed to one member, over two socket fds it owns.
-    States: relaying (either direction open) -> finished (both done: closed cleanly)
-    | reset (an error: closed hard)."""
-    __slots__ = ("client", "upstream", "up", "down", "pool", "sync", "ended",
+    States: relaying (`ended` None) -> ended (an `End`, and `why` in words): finished
+    (both directions done: closed cleanly) | reset (an error: closed hard) | closed by
+    the worker (idle, shutdown, a failed handler)."""
+    __slots__ = ("client", "upstream", "up", "down", "pool", "sync", "ended", "why",
                  "cmask", "umask", "slot", "started", "flushed_up", "flushed_down", "peer",
                  "quiet_since", "ctls", "utls")
 
@@ -275,7 +292,8 @@ class Session:
         self.down = Direction(upstream, client, utls, ctls)
         self.pool = pool
         self.sync = sync
-        self.ended = ""        # why the session ended; "" while it is relaying
+        self.ended: End | None = None  # how the session ended; None while it relays
+        self.why = ""          # the detail of how (an error, the idle limit)
         self.cmask = 0         # interest registered for the client (worker-owned)
         self.umask = 0         # interest registered for the upstream (worker-owned)
         self.slot = -1         # the member's slot in the health table (worker-owned)
@@ -320,9 +338,9 @@ class Session:
             if mask & READ and not outgoing.done and not outgoing.pending:
                 self._pump(outgoing)
         except OSError as exc:
-            self.ended = f"reset: {exc.strerror or exc}"
-        if self.finished and not self.ended:
-            self.ended = "closed"
+            self.end(End.RESET, exc.strerror or str(exc))
+        if self.finished:
+            self.end(End.CLOSED)
         self.sync(self)
 
     def _pump(self, d: Direction) -> None:
@@ -389,7 +407,8 @@ class Session:
                     self.pool.put(d.chan)
                 d.chan = None
             d.done = True
-        hard = self.ended.startswith("reset")
+        self.end(End.GATEWAY)
+        hard = self.ended is not None and self.ended.hard
         for fd, leg in ((self.client, self.ctls), (self.upstream, self.utls)):
             if leg is not None:
                 leg.close(hard)
@@ -398,13 +417,23 @@ class Session:
         self.client = self.upstream = -1
         self.ctls = self.utls = None
         self.up.rleg = self.up.wleg = self.down.rleg = self.down.wleg = None
-        if not self.ended:
-            self.ended = "closed by gateway"
+
+    def end(self, how: End, why: str = "") -> None:
+        """Record how the session ended; the first end recorded is the one kept."""
+        if self.ended is None:
+            self.ended, self.why = how, why
+
+    @property
+    def end_text(self) -> str:
+        """How it ended, for a log line ("reset: Connection reset by peer")."""
+        if self.ended is None:
+            return "relaying"
+        return f"{self.ended.value}: {self.why}" if self.why else self.ended.value
 
     def __repr__(self) -> str:
         """Enough to tell one failing session from another in a log line: its fds, its
         member's slot, the bytes moved each way and its state (no payload, no peer)."""
-        state = f"ended ({self.ended})" if self.ended else "relaying"
+        state = f"ended ({self.end_text})" if self.ended else "relaying"
         tls = "".join(name for name, leg in (("+ctls", self.ctls), ("+utls", self.utls))
                       if leg is not None)
         return (f"<Session client_fd={self.client} member_fd={self.upstream}{tls} "

@@ -72,7 +72,7 @@ from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTI
                             TLS_CLIENT, TLS_MEMBER, Balance, HealthTable, tls_counter)
 from gateway.listeners import Kind, Listener
 from gateway.loop import READ, WRITE, Loop, Timer, set_interest
-from gateway.relay import ChannelPool, Session, close_fd, socket_for, splice_works
+from gateway.relay import ChannelPool, End, Session, close_fd, socket_for, splice_works
 from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
 ACCEPT_BATCH = 64
@@ -87,7 +87,11 @@ _SOCK_FLAGS = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _ONE = b"\x01\0\0\0"   # FIONBIO argument: non-blocking on
 _H2_PREFACE = b"PRI "    # how an HTTP/2 client (gRPC) starts: "PRI * HTTP/2.0"
 
-SERVING, DRAINING, STOPPED = "serving", "draining", "stopped"
+class State(enum.Enum):
+    """The worker's life (see the module comment)."""
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
 
 
 class Accepting(enum.Enum):
@@ -164,7 +168,7 @@ class Worker:
         self.table = table
         self.settings = settings
         self.master_pid = master_pid
-        self.state = SERVING
+        self.state = State.SERVING
         self.loop: Loop | None = None
         self.pool: ChannelPool | None = None
         self.session_count = 0  # live sessions are the poller's Session callbacks
@@ -213,7 +217,7 @@ class Worker:
         self.table.beat(self.index, time.monotonic())
         self.loop.call_later(TICK, self._tick)
         logger.debug("worker started", extra=gwlog.fields(worker=self.index, splice=use_splice))
-        while self.state != STOPPED:
+        while self.state != State.STOPPED:
             self.loop.run_once(TICK)
         self._close_all()
         return 0
@@ -226,7 +230,7 @@ class Worker:
                      extra=gwlog.fields(worker=self.index,
                                         handler=gwlog.handler_name(callback), **where))
         if isinstance(callback, Session) and callback.client >= 0:
-            callback.ended = callback.ended or f"reset: internal error: {exc!r}"
+            callback.end(End.FAILED, repr(exc))
             try:
                 self._finish(callback)
             except Exception:  # noqa: BLE001 - the session is beyond saving
@@ -236,7 +240,7 @@ class Worker:
         if signum == signal.SIGTERM:
             self.begin_drain()
         elif signum == signal.SIGQUIT:
-            self.state = STOPPED
+            self.state = State.STOPPED
         elif signum == signal.SIGUSR1:
             try:
                 gwlog.setup(self.settings.log)
@@ -250,7 +254,7 @@ class Worker:
         if os.getppid() != self.master_pid:
             logger.warning("master is gone; worker exits",
                            extra=gwlog.fields(worker=self.index, master=self.master_pid))
-            self.state = STOPPED
+            self.state = State.STOPPED
             return
         idle_limit = self.settings.idle_timeout
         now = time.monotonic()
@@ -262,12 +266,12 @@ class Worker:
             self._reload_tls()
         assert self.pool is not None
         self.pool.trim()
-        if self.state == DRAINING:
+        if self.state == State.DRAINING:
             if time.monotonic() >= self._drain_deadline:
                 logger.warning("shutdown timeout: closing connections still open",
                                extra=gwlog.fields(worker=self.index,
                                                   connections=self.session_count))
-                self.state = STOPPED
+                self.state = State.STOPPED
                 return
             self._stop_if_drained()
         assert self.loop is not None
@@ -288,9 +292,9 @@ class Worker:
     def begin_drain(self) -> None:
         """Stop accepting (close this worker's copies of the listeners) and let open
         sessions finish, for at most the shutdown timeout."""
-        if self.state != SERVING:
+        if self.state != State.SERVING:
             return
-        self.state = DRAINING
+        self.state = State.DRAINING
         self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
         self._set_accepting(Accepting.CLOSED)
         self._close_listeners()
@@ -299,15 +303,14 @@ class Worker:
         self._stop_if_drained()
 
     def _stop_if_drained(self) -> None:
-        if self.state == DRAINING and not self.session_count and not self.dials:
-            self.state = STOPPED
+        if self.state == State.DRAINING and not self.session_count and not self.dials:
+            self.state = State.STOPPED
 
     def _close_all(self) -> None:
         for dial in list(self.dials):
             self._abandon_dial(dial)
         for session in self._live_sessions():
-            if not session.ended:
-                session.ended = "closed at shutdown"
+            session.end(End.SHUTDOWN)
             self._finish(session)
         if self.pool is not None:
             self.pool.close()
@@ -334,7 +337,7 @@ class Worker:
 
     def _resume_accepting(self) -> None:
         """Open the listeners again, unless draining or still at the limit."""
-        if self.state != SERVING:
+        if self.state != State.SERVING:
             return
         if self._at_limit():
             self._limit_reached()
@@ -408,7 +411,7 @@ class Worker:
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, _ONE)
             self._admit(client, door.label if unix else addr)
-            if self.state != SERVING or self._accepting != Accepting.OPEN:
+            if self.state != State.SERVING or self._accepting != Accepting.OPEN:
                 break
         if accepted:
             self.table.add_at(self._accepted_at, accepted)
@@ -912,7 +915,7 @@ class Worker:
             logger.debug("connection closed", extra=gwlog.fields(
                 client=_address(session.peer), endpoint=self._address_of(session.slot),
                 sent_bytes=up, received_bytes=down,
-                duration=round(time.monotonic() - session.started, 6), end=session.ended))
+                duration=round(time.monotonic() - session.started, 6), end=session.end_text))
         self._client_gone()
 
     def _live_sessions(self) -> list[Session]:
@@ -949,7 +952,7 @@ class Worker:
         elif not session.quiet_since:
             session.quiet_since = now
         elif now - session.quiet_since >= limit:
-            session.ended = f"idle timeout: no byte either way for {limit:g}s"
+            session.end(End.IDLE, f"no byte either way for {limit:g}s")
             self._finish(session)
 
     def _address_of(self, slot: int) -> str:

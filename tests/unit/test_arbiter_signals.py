@@ -9,7 +9,7 @@ import pytest
 
 from gateway import config
 from gateway import log as gwlog
-from gateway.arbiter import _SIGNAL_HANDLERS, DRAINING, HANDLED, Arbiter
+from gateway.arbiter import _SIGNAL_HANDLERS, HANDLED, Arbiter, State
 
 
 def _arbiter() -> Arbiter:
@@ -24,7 +24,7 @@ def test_every_handled_signal_has_a_handler():
 def test_worker_count_signals_while_draining_change_nothing():
     arbiter = _arbiter()
     try:
-        arbiter.state = DRAINING
+        arbiter.state = State.DRAINING
         before = arbiter.desired_workers
         arbiter._on_signal(signal.SIGTTIN)
         arbiter._on_signal(signal.SIGTTOU)

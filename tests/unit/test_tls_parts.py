@@ -14,7 +14,7 @@ import pytest
 from gateway import config as gwconfig
 from gateway import tls as gwtls
 from gateway.addresses import HostPort
-from gateway.relay import SpliceChannel
+from gateway.relay import End, SpliceChannel
 from gateway.tlsleg import (R_CERTIFICATE, R_NO_CERTIFICATE, R_TIMEOUT, TlsLeg,
                             failure_reason, server_name)
 from tests.support import tls as pki_support
@@ -240,7 +240,7 @@ def test_a_tls_member_leg_relays_bytes_intact_both_ways_and_carries_eof(pki):
         sender.start()
         drv.run_until(lambda: bool(session.ended), timeout=30)
         reader.join(10)
-        assert session.ended == "closed"
+        assert session.ended is End.CLOSED
         assert len(got[0]) == len(payload)
         assert hashlib.sha256(got[0]).digest() == hashlib.sha256(payload).digest()
         assert not lent  # copy buffers only

@@ -9,7 +9,7 @@ from gateway.health import C_ACTIVE, HealthTable
 from gateway.listeners import open_listener
 from gateway.loop import Loop
 from gateway.relay import ChannelPool, Session
-from gateway.worker import SERVING, Worker, WorkerSettings
+from gateway.worker import State, Worker, WorkerSettings
 
 SETTINGS = WorkerSettings(dial_timeout=1.0, dial_total_timeout=10.0, timeout_fall=2,
                           shutdown_timeout=5.0,
@@ -46,7 +46,7 @@ def test_a_session_whose_handler_fails_is_closed_and_the_worker_goes_on():
     assert session.client == -1                      # closed
     assert worker.session_count == 0
     assert table.counter(slot, C_ACTIVE, worker=index) == 0
-    assert worker.state == SERVING
+    assert worker.state == State.SERVING
     try:                                             # the client sees its connection end
         assert app.recv(10) == b""
     except ConnectionResetError:
