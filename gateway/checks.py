@@ -208,13 +208,8 @@ class Checker:
         self._watch(check, WRITE)
 
     def _watch(self, check: _Check, mask: int) -> None:
-        fd = check.sock.fileno()
-        callback = functools.partial(self._ready, check)
-        if check.registered == 0:
-            self.loop.selector.register(fd, mask, callback)
-        elif check.registered != mask:
-            self.loop.selector.modify(fd, mask, callback)
-        check.registered = mask
+        check.registered = self.loop.set_interest(check.sock.fileno(), check.registered, mask,
+                                                  functools.partial(self._ready, check))
 
     def _ready(self, check: _Check, fd: int, mask: int) -> None:
         ep = check.entry.endpoint
@@ -290,7 +285,7 @@ class Checker:
 
     def _teardown(self, check: _Check) -> None:
         if check.registered:
-            self.loop.selector.unregister(check.sock.fileno())
+            self.loop.remove(check.sock.fileno())
             check.registered = 0
         if check.timer is not None:
             check.timer.cancel()

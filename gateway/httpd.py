@@ -24,7 +24,7 @@ from typing import Callable
 from gateway import log as gwlog
 from gateway.addresses import HostPort
 from gateway import listeners
-from gateway.loop import READ, WRITE, Loop, Timer, set_interest
+from gateway.loop import READ, WRITE, Loop, Timer
 
 logger = gwlog.get("metrics")
 
@@ -146,7 +146,7 @@ class _Conn:
             try:
                 sent = self.sock.send(self.out)
             except (BlockingIOError, InterruptedError):
-                self.interest = set_interest(self.server.loop.selector, self.fd,
+                self.interest = self.server.loop.set_interest(self.fd,
                                              self.interest, WRITE,
                                              self.on_ready)
                 return
@@ -165,7 +165,7 @@ class _Conn:
             self.server._close(self)
             return
         self.lingering = True
-        self.interest = set_interest(self.server.loop.selector, self.fd, self.interest,
+        self.interest = self.server.loop.set_interest(self.fd, self.interest,
                                      READ, self.on_ready)
         self.timer.cancel()
         delay = min(LINGER, max(0.0, self.deadline - time.monotonic()))
@@ -218,13 +218,13 @@ class HttpServer:
     def _start_accepting(self) -> None:
         self._resume = None
         if not self._closed and not self._accepting:
-            self.loop.selector.register(self.sock.fileno(), READ,
+            self.loop.add(self.sock.fileno(), READ,
                                         self._on_accept)
             self._accepting = True
 
     def _pause_accepting(self) -> None:
         if self._accepting:
-            self.loop.selector.unregister(self.sock.fileno())
+            self.loop.remove(self.sock.fileno())
             self._accepting = False
         if self._resume is None:
             self._resume = self.loop.call_later(ACCEPT_PAUSE, self._start_accepting)
@@ -255,7 +255,7 @@ class HttpServer:
             client.setblocking(False)
             conn = _Conn(self, client)
             self._conns[conn.fd] = conn
-            conn.interest = set_interest(self.loop.selector, conn.fd, 0,
+            conn.interest = self.loop.set_interest(conn.fd, 0,
                                          READ, conn.on_ready)
             conn.on_ready(conn.fd, READ)  # the request often came with the SYN-ACK
 
@@ -283,7 +283,7 @@ class HttpServer:
             return
         conn.timer.cancel()
         if conn.interest:
-            self.loop.selector.unregister(conn.fd)
+            self.loop.remove(conn.fd)
             conn.interest = 0
         try:
             # ends the connection even if a forked child still holds a copy of the fd
@@ -301,14 +301,14 @@ class HttpServer:
             self._resume.cancel()
             self._resume = None
         if self._accepting:
-            self.loop.selector.unregister(self.sock.fileno())
+            self.loop.remove(self.sock.fileno())
             self._accepting = False
         for conn in list(self._conns.values()):
             self._close(conn)
         self.sock.close()
 
     def close_after_fork(self) -> None:
-        """In a forked child: close the inherited fds only. No selector calls (the epoll
+        """In a forked child: close the inherited fds only. No loop calls (the epoll
         instance is shared with the parent) and no shutdown (the parent's connections
         must go on)."""
         self._closed = True

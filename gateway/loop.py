@@ -1,8 +1,9 @@
 """A small event loop: a level-triggered epoll poller, monotonic timers, a signal wake-up fd.
 
-design: `Poller` has the shape of a `selectors` selector (register / modify / unregister
-an fd with an interest mask and a callback) but is `select.epoll` with one dict from fd
-to callback, called as `callback(fd, mask)`. It replaces `selectors` on purpose: a
+design: the loop's own API is `add` / `modify` / `remove` an fd with an interest mask
+and a callback, and `set_interest` to move an fd between masks (0 = not registered);
+the poller behind it is private: `select.epoll` with one dict from fd to callback,
+called as `callback(fd, mask)`. It replaces `selectors` on purpose: a
 relayed connection registers its session object itself for both of its sockets, so
 an idle connection costs two dict entries instead of two SelectorKey tuples and two
 bound methods (about 0.3 KiB less per connection), and each ready event is one dict
@@ -53,46 +54,53 @@ _ERROR = select.EPOLLERR | select.EPOLLHUP
 Callback = Callable[[int, int], None]
 
 
-class Poller:
-    """register/modify/unregister(fd, mask, callback) over one epoll instance."""
-    __slots__ = ("_epoll", "callbacks")
-
-    def __init__(self) -> None:
-        self._epoll = select.epoll()
-        self.callbacks: dict[int, Callback] = {}
-
-    def register(self, fd: int, mask: int, callback: Callback) -> None:
-        self._epoll.register(fd, mask)
-        self.callbacks[fd] = callback
-
-    def modify(self, fd: int, mask: int, callback: Callback) -> None:
-        self._epoll.modify(fd, mask)
-        self.callbacks[fd] = callback
-
-    def unregister(self, fd: int) -> None:
-        self._epoll.unregister(fd)
-        del self.callbacks[fd]
-
-    def poll(self, timeout: float) -> list[tuple[int, int]]:
-        return self._epoll.poll(timeout)
-
-    def close(self) -> None:
-        self._epoll.close()
-        self.callbacks.clear()
-
-
 class Loop:
     """`on_error(callback, exc)` is called when a callback raises (a bug, not an I/O
     error: those are handled where they happen); by default it logs, and the loop goes
     on, so one bad event cannot take a whole process and its connections down."""
 
     def __init__(self, on_error: Callable[[object, BaseException], None] | None = None) -> None:
-        self.selector = Poller()
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callback] = {}
         self.on_error = on_error or _log_error
         self._timers: list[Timer] = []
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._on_signal: Callable[[int], None] | None = None
+
+    # -- file descriptors --------------------------------------------------------------
+    def add(self, fd: int, mask: int, callback: Callback) -> None:
+        """Call `callback(fd, mask)` when `fd` is ready for `mask` (READ, WRITE)."""
+        self._epoll.register(fd, mask)
+        self._callbacks[fd] = callback
+
+    def modify(self, fd: int, mask: int, callback: Callback) -> None:
+        self._epoll.modify(fd, mask)
+        self._callbacks[fd] = callback
+
+    def remove(self, fd: int) -> None:
+        self._epoll.unregister(fd)
+        del self._callbacks[fd]
+
+    def set_interest(self, fd: int, old: int, new: int, callback: Callback) -> int:
+        """Move `fd` from interest `old` to `new` (0 = not registered), touching the
+        kernel only when it changed; returns `new`."""
+        if new != old:
+            if old == 0:
+                self._epoll.register(fd, new)
+            elif new == 0:
+                self._epoll.unregister(fd)
+                del self._callbacks[fd]
+                return new
+            else:
+                self._epoll.modify(fd, new)
+            self._callbacks[fd] = callback
+        return new
+
+    def registered(self) -> Iterable[Callback]:
+        """The callbacks registered now (one per fd: an object registered for two fds
+        appears twice)."""
+        return self._callbacks.values()
 
     # -- timers ----------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
@@ -121,8 +129,8 @@ class Loop:
 
     # -- one turn --------------------------------------------------------------------
     def run_once(self, max_wait: float = 1.0) -> None:
-        callbacks = self.selector.callbacks
-        events = self.selector.poll(self._timeout(max_wait))
+        callbacks = self._callbacks
+        events = self._epoll.poll(self._timeout(max_wait))
         # each event goes to the registration it was reported for: if an earlier
         # callback in this batch closed that fd and the number was reused by a new
         # socket (a new dial, a new session), the stale event must not reach it
@@ -146,7 +154,7 @@ class Loop:
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
             signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-            self.selector.register(self._wake_r.fileno(), READ, self._drain_wakeups)
+            self.add(self._wake_r.fileno(), READ, self._drain_wakeups)
         self._on_signal = on_signal
         for signum in signums:
             signal.signal(signum, _record_only)
@@ -168,7 +176,7 @@ class Loop:
                         self.on_error(self._on_signal, exc)
 
     def close(self) -> None:
-        """Release the selector and the wake-up pair (also used by a child after fork
+        """Release the poller and the wake-up pair (also used by a child after fork
         to drop the parent's loop without touching the parent's registrations)."""
         if self._wake_r is not None:
             try:
@@ -179,21 +187,9 @@ class Loop:
             assert self._wake_w is not None
             self._wake_w.close()
             self._wake_r = self._wake_w = None
-        self.selector.close()
+        self._epoll.close()
+        self._callbacks.clear()
         self._timers.clear()
-
-
-def set_interest(selector: Poller, fd: int, old: int, new: int, callback: Callback) -> int:
-    """Move `fd` from interest `old` to `new` (0 = unregistered), touching the kernel
-    only when it changed; returns `new`."""
-    if new != old:
-        if old == 0:
-            selector.register(fd, new, callback)
-        elif new == 0:
-            selector.unregister(fd)
-        else:
-            selector.modify(fd, new, callback)
-    return new
 
 
 def _log_error(callback: object, exc: BaseException) -> None:

@@ -85,7 +85,7 @@ class LookupChild:
         os.close(w)
         os.set_blocking(r, False)
         self.pid, self._fd = pid, r
-        self.loop.selector.register(r, READ, self._readable)
+        self.loop.add(r, READ, self._readable)
         self._timer = self.loop.call_later(LOOKUP_BOUND, self._timeout)
 
     def _child(self, w: int) -> None:
@@ -131,7 +131,7 @@ class LookupChild:
     def _finish(self, result: discovery.Answer) -> None:
         if self._fd < 0:
             return
-        self.loop.selector.unregister(self._fd)
+        self.loop.remove(self._fd)
         os.close(self._fd)
         self._fd = -1
         if self._timer is not None:

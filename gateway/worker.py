@@ -71,7 +71,7 @@ from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTI
                             G_REJECTED, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0,
                             TLS_CLIENT, TLS_MEMBER, Balance, HealthTable, tls_counter)
 from gateway.listeners import Kind, Listener
-from gateway.loop import READ, WRITE, Loop, Timer, set_interest
+from gateway.loop import READ, WRITE, Loop, Timer
 from gateway.relay import ChannelPool, End, Session, close_fd, socket_for, splice_works
 from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
@@ -169,8 +169,10 @@ class Worker:
         self.settings = settings
         self.master_pid = master_pid
         self.state = State.SERVING
-        self.loop: Loop | None = None
-        self.pool: ChannelPool | None = None
+        # made here, after fork: an inherited epoll fd would share the master's list
+        self.loop = Loop(on_error=self._handler_failed)
+        self.use_splice = splice_works()
+        self.pool = ChannelPool(self.use_splice)
         self.session_count = 0  # live sessions are the poller's Session callbacks
         self.dials: set[Dial] = set()
         self._roster_gen = -1
@@ -199,7 +201,6 @@ class Worker:
     def run(self) -> int:
         """The worker's whole life after fork; returns its exit status."""
         gwlog.setup(self.settings.log)
-        self.loop = Loop(on_error=self._handler_failed)
         self.loop.handle_signals((signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1),
                                  self._on_signal)
         # SIGINT from a terminal reaches the whole group: the master turns it into a
@@ -208,15 +209,14 @@ class Worker:
                         signal.SIGUSR2):
             signal.signal(ignored, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        use_splice = splice_works()
-        self.pool = ChannelPool(use_splice)
         for lst in self.listeners:
             lst.sock.setblocking(False)
             keepalive.apply(lst.sock, self._keepalive)  # inherited by accepted sockets
         self._resume_accepting()
         self.table.beat(self.index, time.monotonic())
         self.loop.call_later(TICK, self._tick)
-        logger.debug("worker started", extra=gwlog.fields(worker=self.index, splice=use_splice))
+        logger.debug("worker started", extra=gwlog.fields(worker=self.index,
+                                                           splice=self.use_splice))
         while self.state != State.STOPPED:
             self.loop.run_once(TICK)
         self._close_all()
@@ -264,7 +264,6 @@ class Worker:
                 self._close_if_idle(session, moved, now, idle_limit)
         if self.table.tls_generation != self._tls_gen:
             self._reload_tls()
-        assert self.pool is not None
         self.pool.trim()
         if self.state == State.DRAINING:
             if time.monotonic() >= self._drain_deadline:
@@ -274,7 +273,6 @@ class Worker:
                 self.state = State.STOPPED
                 return
             self._stop_if_drained()
-        assert self.loop is not None
         self.loop.call_later(TICK, self._tick)
 
     def _reload_tls(self) -> None:
@@ -312,8 +310,7 @@ class Worker:
         for session in self._live_sessions():
             session.end(End.SHUTDOWN)
             self._finish(session)
-        if self.pool is not None:
-            self.pool.close()
+        self.pool.close()
         self._close_listeners()
 
     def _close_listeners(self) -> None:
@@ -324,14 +321,13 @@ class Worker:
     # -- accepting -------------------------------------------------------------------
     def _set_accepting(self, state: Accepting) -> None:
         """Enter `state`: listeners registered in OPEN only."""
-        assert self.loop is not None
         want = state == Accepting.OPEN
         if want != self._registered:
             for fd in self._doors:
                 if want:
-                    self.loop.selector.register(fd, READ, self._on_acceptable)
+                    self.loop.add(fd, READ, self._on_acceptable)
                 else:
-                    self.loop.selector.unregister(fd)
+                    self.loop.remove(fd)
             self._registered = want
         self._accepting = state
 
@@ -365,7 +361,6 @@ class Worker:
                     connections=self._open_count(), repeats=suppressed))
         self._set_accepting(Accepting.FULL)
         if self._recheck is None:
-            assert self.loop is not None
             self._recheck = self.loop.call_later(LIMIT_RECHECK, self._limit_recheck)
 
     def _limit_recheck(self) -> None:
@@ -436,7 +431,6 @@ class Worker:
         if self._accepting != Accepting.OPEN:
             return  # already paused (or closed): one pause at a time
         self._set_accepting(Accepting.NO_FDS)
-        assert self.loop is not None
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
         suppressed = self._emfile_log.allow()
         if suppressed is not None:
@@ -491,13 +485,11 @@ class Worker:
             self._start_dial(dial)
 
     def _client_hello_timer(self, dial: Dial) -> None:
-        assert self.loop is not None
         dial.timer = self.loop.call_later(CLIENT_HELLO_TIMEOUT,
                                           functools.partial(self._client_timeout, dial))
 
     def _watch_client(self, dial: Dial, mask: int) -> None:
-        assert self.loop is not None
-        dial.cmask = set_interest(self.loop.selector, dial.client, dial.cmask, mask,
+        dial.cmask = self.loop.set_interest(dial.client, dial.cmask, mask,
                                   functools.partial(self._on_client_ready, dial))
 
     def _on_client_ready(self, dial: Dial, fd: int, mask: int) -> None:
@@ -537,7 +529,6 @@ class Worker:
                 # in the socket (peeked), so a level-triggered READ would fire at once
                 # again: look again a moment later instead
                 self._watch_client(dial, 0)
-                assert self.loop is not None
                 self.loop.call_later(SNIFF_RETRY, functools.partial(self._sniff_again, dial))
                 return
             dial.protocol = gwtls.H2 if head == _H2_PREFACE else gwtls.HTTP11
@@ -550,8 +541,7 @@ class Worker:
 
     def _end_client_phase(self, dial: Dial) -> None:
         if dial.cmask:
-            assert self.loop is not None
-            self.loop.selector.unregister(dial.client)
+            self.loop.remove(dial.client)
             dial.cmask = 0
         if dial.timer is not None:
             dial.timer.cancel()
@@ -690,14 +680,13 @@ class Worker:
 
     def _dial_deadline(self, dial: Dial) -> None:
         if dial.timer is None:
-            assert self.loop is not None
             dial.timer = self.loop.call_later(
                 max(0.0, dial.started + self._dial_bound(dial) - time.monotonic()),
                 functools.partial(self._on_dial_timeout, dial))
 
     def _watch_member(self, dial: Dial, mask: int) -> None:
-        assert self.loop is not None and dial.sock is not None
-        dial.umask = set_interest(self.loop.selector, dial.sock.fileno(), dial.umask, mask,
+        assert dial.sock is not None
+        dial.umask = self.loop.set_interest(dial.sock.fileno(), dial.umask, mask,
                                   functools.partial(self._on_dial_ready, dial))
 
     def _on_dial_ready(self, dial: Dial, fd: int, mask: int) -> None:
@@ -769,8 +758,8 @@ class Worker:
         """Forget the connect (or handshake) under way: its registration, its timer
         and its socket."""
         if dial.umask:
-            assert self.loop is not None and dial.sock is not None
-            self.loop.selector.unregister(dial.sock.fileno())
+            assert dial.sock is not None
+            self.loop.remove(dial.sock.fileno())
             dial.umask = 0
         if dial.timer is not None:
             dial.timer.cancel()
@@ -862,7 +851,6 @@ class Worker:
         slot = entry.slot
         if not table.is_up(slot) and table.mark_up(slot):
             logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
-        assert self.pool is not None
         upstream = sock.fileno() if dial.utls is not None else sock.detach()
         session = Session(dial.client, upstream, self.pool, self._sync_session,
                           ctls=dial.ctls, utls=dial.utls)
@@ -878,8 +866,7 @@ class Worker:
         self.session_count += 1
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
-            assert self.loop is not None
-            self.loop.selector.modify(session.upstream, registered, session)
+            self.loop.modify(session.upstream, registered, session)
         session(session.client, READ)  # the client has usually spoken: save a wake-up
 
     # -- sessions --------------------------------------------------------------------
@@ -888,22 +875,22 @@ class Worker:
         if session.ended:
             self._finish(session)
             return
-        selector = self.loop.selector  # type: ignore[union-attr]
-        session.cmask = set_interest(selector, session.client, session.cmask,
+        loop = self.loop
+        session.cmask = loop.set_interest(session.client, session.cmask,
                                      session.client_interest(), session)
-        session.umask = set_interest(selector, session.upstream, session.umask,
+        session.umask = loop.set_interest(session.upstream, session.umask,
                                      session.upstream_interest(), session)
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: unregister both sockets, close them, count it."""
         if session.client < 0:
             return  # already finished
-        selector = self.loop.selector  # type: ignore[union-attr]
+        loop = self.loop
         if session.cmask:
-            selector.unregister(session.client)
+            loop.remove(session.client)
             session.cmask = 0
         if session.umask:
-            selector.unregister(session.upstream)
+            loop.remove(session.upstream)
             session.umask = 0
         self.session_count -= 1
         self._flush_bytes(session)
@@ -921,9 +908,8 @@ class Worker:
     def _live_sessions(self) -> list[Session]:
         """Every open session, from the poller (each is registered for at least one of
         its sockets while it lives): no separate set to keep per connection."""
-        assert self.loop is not None
         seen: dict[int, Session] = {}
-        for callback in self.loop.selector.callbacks.values():
+        for callback in self.loop.registered():
             if isinstance(callback, Session):
                 seen[id(callback)] = callback
         return list(seen.values())

@@ -2,7 +2,7 @@
 import socket
 import weakref
 
-from gateway.loop import READ, Loop
+from gateway.loop import READ, WRITE, Loop
 
 
 def test_a_failing_handler_is_reported_and_the_loop_goes_on():
@@ -14,13 +14,13 @@ def test_a_failing_handler_is_reported_and_the_loop_goes_on():
     def bad(fd, mask):
         raise RuntimeError("bug")
 
-    loop.selector.register(a.fileno(), READ, bad)
+    loop.add(a.fileno(), READ, bad)
     loop.call_later(0, lambda: seen.append("timer ran"))
     b.sendall(b"x")
     loop.run_once(0.1)
     assert [str(e) for e in errors] == ["bug"]
     assert seen == ["timer ran"]
-    loop.selector.unregister(a.fileno())
+    loop.remove(a.fileno())
     loop.call_later(0, lambda: 1 / 0)
     loop.run_once(0.01)
     assert isinstance(errors[-1], ZeroDivisionError)
@@ -45,7 +45,7 @@ def test_error_events_are_reported_as_readable_and_writable():
     loop = Loop()
     a, b = socket.socketpair()
     masks = []
-    loop.selector.register(a.fileno(), READ, lambda fd, mask: masks.append(mask))
+    loop.add(a.fileno(), READ, lambda fd, mask: masks.append(mask))
     b.close()  # the peer hangs up: EPOLLHUP
     loop.run_once(0.1)
     assert masks and masks[0] & READ and masks[0] & 4
@@ -64,13 +64,13 @@ def test_a_stale_event_for_a_reused_fd_is_not_delivered_to_the_new_registration(
         # close the fd the *second* event is for, and put a new registration on the
         # same number, as a finishing session and a new dial can within one batch
         a.recv(10)
-        loop.selector.unregister(old_fd)
-        loop.selector.unregister(victim_fd)
-        loop.selector.register(victim_fd, READ, lambda fd, mask: got.append("new"))
+        loop.remove(old_fd)
+        loop.remove(victim_fd)
+        loop.add(victim_fd, READ, lambda fd, mask: got.append("new"))
 
     victim_fd = c.fileno()
-    loop.selector.register(old_fd, READ, first)
-    loop.selector.register(victim_fd, READ, lambda fd, mask: got.append("old"))
+    loop.add(old_fd, READ, first)
+    loop.add(victim_fd, READ, lambda fd, mask: got.append("old"))
     b.sendall(b"x")
     d.sendall(b"x")
     loop.run_once(0.1)
@@ -113,3 +113,30 @@ class _Held:
 
 def _returning(obj: object):
     return lambda: obj
+
+
+def test_set_interest_registers_changes_and_removes_an_fd():
+    loop = Loop()
+    a, b = socket.socketpair()
+    got = []
+    try:
+        def callback(fd, mask):
+            got.append(mask)
+        fd = a.fileno()
+        assert loop.set_interest(fd, 0, WRITE, callback) == WRITE
+        loop.run_once(0.5)
+        assert got and got[-1] & WRITE
+        b.sendall(b"x")
+        assert loop.set_interest(fd, WRITE, READ, callback) == READ
+        got.clear()
+        loop.run_once(0.5)
+        assert got == [READ]
+        assert loop.set_interest(fd, READ, 0, callback) == 0
+        assert callback not in list(loop.registered())
+        got.clear()
+        loop.run_once(0.05)
+        assert got == []
+    finally:
+        a.close()
+        b.close()
+        loop.close()

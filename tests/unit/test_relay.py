@@ -1,7 +1,7 @@
 """The relay on real sockets: integrity, half-close, resets, backpressure, idle cost.
 
 Each test runs with both channels: splice through a pipe, and the recv/send copy
-fallback. The session is driven by a tiny selector loop here, as a worker drives it.
+fallback. The session is driven by a Loop here, as a worker drives it.
 """
 import hashlib
 import os
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gateway.loop import Loop, set_interest
+from gateway.loop import Loop
 from gateway.relay import (PIPE_SIZE, ChannelPool, CopyChannel, End, Session, SpliceChannel,
                            splice_works)
 
@@ -24,7 +24,6 @@ class Driver:
 
     def __init__(self, mode: str):
         self.loop = Loop()
-        self.sel = self.loop.selector
         self.pool = ChannelPool(use_splice=(mode == "splice"))
         self.ended: list[Session] = []
         self.live: list[Session] = []
@@ -41,15 +40,15 @@ class Driver:
     def sync(self, s: Session) -> None:
         if s.ended:
             if s.cmask:
-                self.sel.unregister(s.client)
+                self.loop.remove(s.client)
             if s.umask:
-                self.sel.unregister(s.upstream)
+                self.loop.remove(s.upstream)
             s.cmask = s.umask = 0
             s.close()
             self.ended.append(s)
             return
-        s.cmask = set_interest(self.sel, s.client, s.cmask, s.client_interest(), s)
-        s.umask = set_interest(self.sel, s.upstream, s.umask, s.upstream_interest(), s)
+        s.cmask = self.loop.set_interest(s.client, s.cmask, s.client_interest(), s)
+        s.umask = self.loop.set_interest(s.upstream, s.umask, s.upstream_interest(), s)
 
     def run_until(self, condition, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

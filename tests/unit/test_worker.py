@@ -7,8 +7,7 @@ from gateway.addresses import HostPort
 from gateway.endpoints import Endpoint
 from gateway.health import C_ACTIVE, HealthTable
 from gateway.listeners import open_listener
-from gateway.loop import Loop
-from gateway.relay import ChannelPool, Session
+from gateway.relay import Session
 from gateway.worker import State, Worker, WorkerSettings
 
 SETTINGS = WorkerSettings(dial_timeout=1.0, dial_total_timeout=10.0, timeout_fall=2,
@@ -30,8 +29,6 @@ def test_a_session_whose_handler_fails_is_closed_and_the_worker_goes_on():
     listener = open_listener(HostPort("127.0.0.1", 0), 0o660, "")
     listener.slot = table.claim_listener_slot()
     worker = Worker(index, [listener], table, SETTINGS, os.getppid())
-    worker.loop = Loop(on_error=worker._handler_failed)
-    worker.pool = ChannelPool(use_splice=True)
     app, client = socket.socketpair()
     upstream, member = socket.socketpair()
     for sock in (client, upstream):
@@ -51,7 +48,7 @@ def test_a_session_whose_handler_fails_is_closed_and_the_worker_goes_on():
         assert app.recv(10) == b""
     except ConnectionResetError:
         pass
-    assert session not in worker.loop.selector.callbacks.values()  # unregistered
+    assert session not in worker.loop.registered()  # unregistered
     for sock in (app, member, listener):
         sock.close()
     worker.loop.close()
