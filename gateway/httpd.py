@@ -15,13 +15,13 @@ master's connections or its epoll interest list.
 """
 from __future__ import annotations
 
-import errno
 import http
 import socket
 import time
 from typing import Callable
 
 from gateway import log as gwlog
+from gateway.accept import ACCEPT_BATCH, ACCEPT_PAUSE, accept_batch
 from gateway.addresses import HostPort
 from gateway import listeners
 from gateway.loop import READ, WRITE, Loop, Timer
@@ -34,9 +34,7 @@ Handler = Callable[[str, str], Response]
 MAX_HEAD = 8 * 1024
 TIMEOUT = 5.0
 MAX_CONNECTIONS = 64
-ACCEPT_BATCH = 64
 LINGER = 1.0          # at most this long draining input after the response
-ACCEPT_PAUSE = 0.25   # after EMFILE/ENFILE, before accepting again
 _READ_SIZE = 4096
 _METHODS = ("GET", "HEAD")
 
@@ -230,20 +228,8 @@ class HttpServer:
             self._resume = self.loop.call_later(ACCEPT_PAUSE, self._start_accepting)
 
     def _on_accept(self, fd: int, mask: int) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                client, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    suppressed = self._accept_errors.allow()
-                    if suppressed is not None:
-                        logger.warning("cannot accept HTTP connection", extra=gwlog.fields(
-                            error=exc.strerror or str(exc), suppressed=suppressed))
-                    self._pause_accepting()
-                    return
-                continue  # ECONNABORTED and friends: that client is gone
+        for client, _ in accept_batch(self.sock.accept, ACCEPT_BATCH, self._out_of_descriptors,
+                                      self._accept_failed):
             if len(self._conns) >= self.max_connections:
                 suppressed = self._overload.allow()
                 if suppressed is not None:
@@ -255,9 +241,18 @@ class HttpServer:
             client.setblocking(False)
             conn = _Conn(self, client)
             self._conns[conn.fd] = conn
-            conn.interest = self.loop.set_interest(conn.fd, 0,
-                                         READ, conn.on_ready)
+            conn.interest = self.loop.set_interest(conn.fd, 0, READ, conn.on_ready)
             conn.on_ready(conn.fd, READ)  # the request often came with the SYN-ACK
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        self._accept_failed(exc)
+        self._pause_accepting()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        suppressed = self._accept_errors.allow()
+        if suppressed is not None:
+            logger.warning("cannot accept HTTP connection", extra=gwlog.fields(
+                error=exc.strerror or str(exc), suppressed=suppressed))
 
     # -- requests ----------------------------------------------------------------------
     def _answer(self, head: bytes) -> bytes:

@@ -3,9 +3,9 @@
 design: everything here happens after fork, in one thread, on the worker's own loop.
 The listeners (TCP and unix, from listeners.py) are shared with the other workers
 (the kernel hands each connection to one of them); one accept path serves them all,
-in bounded batches, and counts accepts per listener. A client of a unix listener has
-no TCP options: nothing here sets or assumes one on a client socket. For each client the worker asks the
-picker for an ordered list of members and dials them in turn with a non-blocking
+in bounded batches (accept.py, shared with the metrics server), and counts accepts per
+listener. A client of a unix listener has no TCP options: nothing here sets or assumes
+one on a client socket. For each client the worker asks the picker for an ordered list of members and dials them in turn with a non-blocking
 connect bounded by `dial_timeout`, and the next candidate is tried for the same client
 when one fails. A refused or unreachable member is marked down in the shared table at
 once (every worker sees it); a timed-out connect is a weaker signal (a member whose
@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass
 
 from gateway import keepalive
+from gateway.accept import ACCEPT_BATCH, ACCEPT_PAUSE, FD_EXHAUSTED, accept_batch
 from gateway import log as gwlog
 from gateway import tls as gwtls
 from gateway.addresses import connect_error, join_host_port
@@ -75,14 +76,11 @@ from gateway.loop import READ, WRITE, Loop, Timer
 from gateway.relay import ChannelPool, End, Session, close_fd, socket_for, splice_works
 from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
-ACCEPT_BATCH = 64
 CLIENT_HELLO_TIMEOUT = 10.0  # seconds for a client's TLS handshake, or its first bytes
 MIN_DIAL = 0.1           # the shortest dial of a later round (see _dial_bound)
 SNIFF_RETRY = 0.005      # seconds between looks at a client's first bytes, once some came
-ACCEPT_PAUSE = 0.25      # seconds without accepting after EMFILE/ENFILE
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
-_FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _SOCK_FLAGS = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _ONE = b"\x01\0\0\0"   # FIONBIO argument: non-blocking on
 _H2_PREFACE = b"PRI "    # how an HTTP/2 client (gRPC) starts: "PRI * HTTP/2.0"
@@ -379,27 +377,16 @@ class Worker:
         # _accept() is socket.accept() without the socket object: the session keeps
         # raw fds (see relay.py), so building one per client would only be thrown away
         door, accepted_at = self._doors[fd]
-        accept = door.sock._accept  # type: ignore[attr-defined]
         unix = door.kind == Kind.UNIX
         allow = None if unix or not self._allow else self._allow
         accepted = 0
         limited = bool(self.table.max_connections)
-        for _ in range(ACCEPT_BATCH):
-            if limited and self._at_limit():
-                self._limit_reached()
-                break
-            try:
-                client, addr = accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                if exc.errno in _FD_EXHAUSTED:
-                    self._out_of_descriptors(exc)
-                else:
-                    logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))
-                break
+        if limited and self._at_limit():
+            self._limit_reached()
+            return
+        for client, addr in accept_batch(door.sock._accept,  # type: ignore[attr-defined]
+                                         ACCEPT_BATCH, self._out_of_descriptors,
+                                         self._accept_failed):
             if allow is not None and not allow.allows(addr[0]):
                 self._deny(client, addr, door)
                 continue
@@ -408,10 +395,16 @@ class Worker:
             self._admit(client, door.label if unix else addr)
             if self.state != State.SERVING or self._accepting != Accepting.OPEN:
                 break
+            if limited and self._at_limit():
+                self._limit_reached()
+                break
         if accepted:
             self.table.add_at(self._accepted_at, accepted)
             self.table.add_at(accepted_at, accepted)
             self.table.set_at(self._open_at, self._open_count())
+
+    def _accept_failed(self, exc: OSError) -> None:
+        logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))
 
     def _deny(self, client: int, addr: tuple, door: Listener) -> None:
         """A client outside --allow-from: closed at once, before any member is dialled;
@@ -646,7 +639,7 @@ class Worker:
             try:
                 sock = socket.socket(ep.family, _SOCK_FLAGS)  # already non-blocking
             except OSError as exc:
-                if exc.errno in _FD_EXHAUSTED:
+                if exc.errno in FD_EXHAUSTED:
                     self._out_of_descriptors(exc)
                 self._reject(dial, f"cannot open a socket: {exc.strerror}")
                 return
