@@ -1,19 +1,20 @@
 """A worker process: accepts clients, dials members with failover, relays sessions.
 
 design: everything here happens after fork, in one thread, on the worker's own loop.
-The listeners (TCP and unix, from listeners.py) are shared with the other workers
-(the kernel hands each connection to one of them); one accept path serves them all,
-in bounded batches (accept.py, shared with the metrics server), and counts accepts per
+The listeners (TCP and unix, from listeners.py) are shared with the other workers (the
+kernel hands each connection to one of them); one accept path serves them all, in
+bounded batches (accept.py, shared with the metrics server), and counts accepts per
 listener. A client of a unix listener has no TCP options: nothing here sets or assumes
-one on a client socket. For each client the worker asks the picker for an ordered list of members and dials them in turn with a non-blocking
-connect bounded by `dial_timeout`, and the next candidate is tried for the same client
-when one fails. A refused or unreachable member is marked down in the shared table at
-once (every worker sees it); a timed-out connect is a weaker signal (a member whose
-accept queue overflows drops SYNs): it counts toward marking the member down only if
-no dial to it succeeded meanwhile, and `timeout_fall` in a row are needed (health.py);
-until then the member is a suspect, offered after the others. When every candidate
-failed and one of them timed out, the client is dialled round again until its total
-wait (`dial_total_timeout`) is over; only then, or when all refused, is it closed (and
+one on a client socket. For each client the worker asks the picker for an ordered list
+of members and dials them in turn with a non-blocking connect bounded by
+`dial_timeout`, and the next candidate is tried for the same client when one fails. A
+refused or unreachable member is marked down in the shared table at once (every worker
+sees it); a timed-out connect is a weaker signal (a member whose accept queue
+overflows drops SYNs): it counts toward marking the member down only if no dial to it
+succeeded meanwhile, and `timeout_fall` in a row are needed (health.py); until then
+the member is a suspect, offered after the others. When every candidate failed and one
+of them timed out, the client is dialled round again until its total wait
+(`dial_total_timeout`) is over; only then, or when all refused, is it closed (and
 counted as rejected).
 
 Accepting is a small state machine (`Accepting`): OPEN (every listener registered),
