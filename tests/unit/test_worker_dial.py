@@ -1,0 +1,129 @@
+"""The worker's dial path, on real sockets in this process (no fork): a timed-out
+dial moves the client on to the next candidate, running out of descriptors at
+socket() rejects the client and pauses accepting, and dials under way when the worker
+stops are abandoned cleanly."""
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from gateway import log as gwlog
+from gateway.endpoints import Endpoint
+from gateway.health import G_REJECTED, GATEWAY, HealthTable
+from gateway.worker import Accepting, State, Worker, WorkerSettings
+from tests.support.echo import HungListener
+
+
+def _settings(dial_timeout: float) -> WorkerSettings:
+    return WorkerSettings(dial_timeout=dial_timeout, dial_total_timeout=dial_timeout,
+                          timeout_fall=2, shutdown_timeout=5.0,
+                          log=gwlog.Settings("error", "json", ""))
+
+
+def _endpoint(port: int) -> Endpoint:
+    return Endpoint(f"127.0.0.1:{port}", socket.AF_INET, "127.0.0.1", port)
+
+
+class Rig:
+    """A worker with no listener of its own, a roster, and a TCP client the test
+    admits as if the worker had accepted it."""
+
+    def __init__(self, ports: list[int], dial_timeout: float = 10.0):
+        self.table = HealthTable()
+        self.slots = [e.slot for e in self.table.publish([_endpoint(p) for p in ports])]
+        index = self.table.claim_worker_slot(os.getpid())
+        self.worker = Worker(index, [], self.table, _settings(dial_timeout), os.getppid())
+        self.worker._resume_accepting()
+        with socket.create_server(("127.0.0.1", 0)) as front:
+            self.app = socket.create_connection(front.getsockname(), timeout=5)
+            client, _ = front.accept()
+        client.setblocking(False)
+        self.client_fd = client.detach()
+
+    def admit(self) -> None:
+        self.worker._admit(self.client_fd, ("127.0.0.1", 40000))
+
+    def run_until(self, condition, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            self.worker.loop.run_once(0.05)
+
+    def rejected(self) -> int:
+        return self.table.counter(GATEWAY, G_REJECTED, worker=self.worker.index)
+
+    def close(self) -> None:
+        self.worker._close_all()
+        self.worker.loop.close()
+        self.app.close()
+
+
+@pytest.fixture
+def hung():
+    listener = HungListener()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def member():
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(5)
+    yield server
+    server.close()
+
+
+def test_a_timed_out_dial_moves_the_client_to_the_next_candidate(hung, member):
+    rig = Rig([hung.port, member.getsockname()[1]], dial_timeout=0.3)
+    try:
+        rig.admit()  # round robin from a fresh counter: the hung member first
+        rig.run_until(lambda: rig.worker.session_count == 1)
+        conn, _ = member.accept()
+        conn.close()
+        assert rig.table.dial_timeouts(rig.slots[0]) == 1  # counted, as a suspect...
+        assert rig.table.is_up(rig.slots[0])               # ...not yet marked down
+        assert rig.rejected() == 0
+    finally:
+        rig.close()
+
+
+def test_out_of_descriptors_at_socket_rejects_the_client_and_pauses_accepting(member):
+    rig = Rig([member.getsockname()[1]])
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.open(os.devnull, os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            rig.admit()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert rig.worker._accepting == Accepting.NO_FDS
+        assert rig.rejected() == 1
+        assert not rig.worker.dials
+        with pytest.raises(ConnectionResetError):  # closed hard: the client knows at once
+            rig.app.recv(1)
+        rig.run_until(lambda: rig.worker._accepting == Accepting.OPEN)  # after the pause
+    finally:
+        rig.close()
+
+
+def test_dials_under_way_when_the_worker_stops_are_abandoned(hung):
+    rig = Rig([hung.port])
+    try:
+        rig.admit()
+        rig.worker.loop.run_once(0.05)
+        assert len(rig.worker.dials) == 1
+        assert rig.worker._dialling[rig.slots[0]] == 1  # counts toward the member's load
+        rig.worker.begin_drain()
+        assert rig.worker.state == State.DRAINING  # a dial under way keeps it draining
+        rig.worker._close_all()
+        assert not rig.worker.dials
+        assert not rig.worker._dialling
+        assert not list(rig.worker.loop.registered())
+        with pytest.raises(ConnectionResetError):
+            rig.app.recv(1)
+    finally:
+        rig.close()
