@@ -124,13 +124,14 @@ class Balance(enum.IntEnum):
 # health fields (a label holds a whole DNS name, 253 bytes at most, and ":port").
 _EP_STATIC = struct.Struct("<BBHHH46s264sH")  # in_use, family, port, prio, weight, ip, label,
                                               # IPv6 scope id (zone; 0 = none)
-_EP_ERROR_LEN = 152
+_EP_ERROR_LEN = 144
 _EP_LAYOUT = _Record(
     512,
     ("static", _EP_STATIC.format[1:]),
     ("down_at", "d"),           # 0.0 up, else the CLOCK_MONOTONIC second it failed
     ("changed", "d"),           # wall-clock time of the last state change
     ("error", f"{_EP_ERROR_LEN}s"),  # the last error text
+    ("waiting", "d"),           # CLOCK_MONOTONIC start of the oldest dial since the last success
     ("timeout_at", "d"),        # CLOCK_MONOTONIC second the latest counted timeout fired
     ("timeouts", "I"),          # timed-out dials since the last success (note_dial_timeout)
     ("dial_ok", "d"),           # CLOCK_MONOTONIC second of the latest successful dial
@@ -139,6 +140,7 @@ _EP_SIZE = _EP_LAYOUT.room
 _EP_DOWN_OFF = _EP_LAYOUT["down_at"]
 _EP_CHANGED_OFF = _EP_LAYOUT["changed"]
 _EP_ERROR_OFF = _EP_LAYOUT["error"]
+_EP_WAITING_OFF = _EP_LAYOUT["waiting"]
 _EP_TIMEOUT_AT_OFF = _EP_LAYOUT["timeout_at"]
 _EP_TIMEOUTS_OFF = _EP_LAYOUT["timeouts"]
 _EP_DIAL_OK_OFF = _EP_LAYOUT["dial_ok"]
@@ -335,6 +337,7 @@ class HealthTable:
         _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
         _F64.pack_into(self.buf, off + _EP_DIAL_OK_OFF, 0.0)
         _F64.pack_into(self.buf, off + _EP_TIMEOUT_AT_OFF, 0.0)
+        _F64.pack_into(self.buf, off + _EP_WAITING_OFF, 0.0)
         for row in range(self.max_workers + 2):
             base = self._ctr_base + row * _ROW_SIZE + slot * _COLUMN_SIZE
             self.buf[base:base + _COLUMN_SIZE] = bytes(_COLUMN_SIZE)
@@ -366,6 +369,7 @@ class HealthTable:
         _F64.pack_into(self.buf, off + _EP_DOWN_OFF, 0.0)
         _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
         _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
+        _F64.pack_into(self.buf, off + _EP_WAITING_OFF, 0.0)
         return True
 
     def last_error(self, slot: int) -> str:
@@ -411,12 +415,35 @@ class HealthTable:
         _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, count + 1)
         return count + 1
 
+    def note_dial_start(self, slot: int, now: float) -> None:
+        """A dial to `slot` is under way: remembered if it is the first since the last
+        successful dial (see `suspect`)."""
+        off = self._slot_off(slot)
+        if (_F64.unpack_from(self.buf, off + _EP_WAITING_OFF)[0]
+                <= _F64.unpack_from(self.buf, off + _EP_DIAL_OK_OFF)[0]):
+            _F64.pack_into(self.buf, off + _EP_WAITING_OFF, now)
+
+    def suspect(self, slot: int, now: float, after: float) -> bool:
+        """True when the member's latest dials timed out, or a dial to it has waited
+        longer than `after` with no dial succeeding since: a black hole is suspected
+        before its first timeout, so new clients go elsewhere first. A busy member
+        (dials waiting, others succeeding) is not a suspect."""
+        off = self._slot_off(slot)
+        if _U32.unpack_from(self.buf, off + _EP_TIMEOUTS_OFF)[0]:
+            return True
+        waiting = _F64.unpack_from(self.buf, off + _EP_WAITING_OFF)[0]
+        return (waiting > _F64.unpack_from(self.buf, off + _EP_DIAL_OK_OFF)[0]
+                and now - waiting > after)
+
     def dial_timeouts(self, slot: int) -> int:
         """Timed-out dials in a row (a suspect member when > 0)."""
         return _U32.unpack_from(self.buf, self._slot_off(slot) + _EP_TIMEOUTS_OFF)[0]
 
     def clear_dial_timeouts(self, slot: int) -> None:
-        _U32.pack_into(self.buf, self._slot_off(slot) + _EP_TIMEOUTS_OFF, 0)
+        """The suspicion is over (marked down, or a check passed)."""
+        off = self._slot_off(slot)
+        _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
+        _F64.pack_into(self.buf, off + _EP_WAITING_OFF, 0.0)
 
     # -- TLS generation ------------------------------------------------------------
     @property

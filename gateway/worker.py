@@ -79,6 +79,7 @@ from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
 CLIENT_HELLO_TIMEOUT = 10.0  # seconds for a client's TLS handshake, or its first bytes
 MIN_DIAL = 0.1           # the shortest dial of a later round (see _dial_bound)
+SUSPECT_FRACTION = 0.25  # of the dial timeout: see Worker._suspect_after
 SNIFF_RETRY = 0.005      # seconds between looks at a client's first bytes, once some came
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
@@ -195,6 +196,9 @@ class Worker:
         self._all_down_log = gwlog.Throttle()
         self._tls_reload_log = gwlog.Throttle()
         self._timeout_log = gwlog.Throttle()
+        # a dial unanswered for this long, with no other succeeding, makes its member a
+        # suspect before it times out (a quarter of the dial timeout)
+        self._suspect_after = settings.dial_timeout * SUSPECT_FRACTION
 
     # -- life ------------------------------------------------------------------------
     def run(self) -> int:
@@ -606,11 +610,12 @@ class Worker:
         return roster, up, candidates
 
     def _dial_rank(self, entry: RosterEntry) -> int:
-        """0 up, 1 up but suspect, 2 marked down (the picker puts those last)."""
+        """0 up, 1 up but suspect (health.py `suspect`), 2 marked down (the picker
+        puts those last)."""
         table = self.table
         if not table.is_up(entry.slot):
             return 2
-        return 1 if table.dial_timeouts(entry.slot) else 0
+        return 1 if table.suspect(entry.slot, time.monotonic(), self._suspect_after) else 0
 
     def _next_round(self, dial: Dial) -> bool:
         """Every candidate failed. If one of them timed out (busy, or a lost SYN) and
@@ -658,6 +663,7 @@ class Worker:
                     self._connected(dial)
                 return
             if err in (errno.EINPROGRESS, errno.EAGAIN):
+                self.table.note_dial_start(entry.slot, dial.started)
                 self._attempt(dial, sock, entry)
                 self._watch_member(dial, WRITE)
                 self._dial_deadline(dial)

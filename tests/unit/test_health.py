@@ -331,3 +331,16 @@ def test_the_roster_order_is_published_with_the_roster():
     assert table.policy is Order.RFC2782
     table.publish([Endpoint("a", socket.AF_INET, "127.0.0.1", 2379)])
     assert table.policy is Order.ROUND_ROBIN
+
+
+def test_a_dial_unanswered_for_long_makes_a_suspect_unless_another_succeeds():
+    table = HealthTable()
+    silent, busy = (e.slot for e in table.publish([ep(1), ep(2)]))
+    for slot in (silent, busy):
+        table.note_dial_start(slot, now=10.0)
+    table.note_dial_ok(busy, now=10.1)            # busy: someone else got through
+    assert not table.suspect(silent, now=10.2, after=0.25)
+    assert table.suspect(silent, now=10.3, after=0.25)
+    assert not table.suspect(busy, now=10.3, after=0.25)
+    table.note_dial_ok(silent, now=10.4)          # it answered after all
+    assert not table.suspect(silent, now=11.0, after=0.25)
