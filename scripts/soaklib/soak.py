@@ -115,6 +115,7 @@ class Soak:
             "health-check": "etcd",
             "health-check-interval": "1s",
             "shutdown-timeout": "5s",
+            "max-connections": "256",     # the burst of 1,000 meets the limit: served, not reset
             "log-level": "info",
             "log-format": "json",
         })
