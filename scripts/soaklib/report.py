@@ -13,6 +13,9 @@ named, with why they are what they are:
   is a fault only the gateway lane meets (an in-flight request on it is lost, no
   proxy can save it). A systematic gateway problem (a stuck worker, a member kept
   in rotation while dead, resets under a burst) costs tens to hundreds.
+- Error lines in the gateway's own log (`level` error or fatal): 0. Every one
+  of them means the gateway met something it did not expect (a failed handler, a
+  refused reload, a worker timeout); none is part of a fault it is built to absorb.
 - Watch events lost, out of order, unexpected; stale reads; acknowledged puts
   missing from history: 0 in both lanes. In the direct lane these mean the soak's
   own checks (or etcd) are wrong, which must not pass either.
@@ -74,9 +77,13 @@ def rss_bound(start: Footprint) -> float:
 
 
 def verdict(gw: LaneFigures, direct: LaneFigures, start: Footprint, end: Footprint,
-            problems: list[str]) -> list[str]:
-    """Reasons to fail, most important first; empty means PASS."""
+            problems: list[str], gateway_errors: list[str]) -> list[str]:
+    """Reasons to fail, most important first; empty means PASS. ``gateway_errors``:
+    the msg of every error or fatal line the gateway logged."""
     reasons = list(problems)
+    if gateway_errors:
+        reasons.append(f"the gateway logged {len(gateway_errors)} error lines "
+                       f"(first: {gateway_errors[0]!r})")
     slack = failure_slack(gw.done)
     if gw.failed > direct.failed + slack:
         reasons.append(f"{gw.failed} operations failed through the gateway, "
@@ -108,7 +115,8 @@ def verdict(gw: LaneFigures, direct: LaneFigures, start: Footprint, end: Footpri
 
 
 def table(gw: LaneFigures, direct: LaneFigures, start: Footprint, end: Footprint,
-          faults: dict[str, int]) -> str:
+          faults: dict[str, int], warnings: dict[str, int]) -> str:
+    """``warnings``: how many warn/error/fatal lines the gateway logged, per msg."""
     rows: list[tuple[str, str, str]] = [
         ("operations done (puts + linearizable gets)", f"{gw.done}", f"{direct.done}"),
         ("  puts / gets", f"{gw.puts} / {gw.gets}", f"{direct.puts} / {direct.gets}"),
@@ -136,6 +144,8 @@ def table(gw: LaneFigures, direct: LaneFigures, start: Footprint, end: Footprint
     lines = [f"{'':<{w0}}  {'gateway':>{w1}}  {'direct':>{w2}}"]
     lines += [f"{a:<{w0}}  {b:>{w1}}  {c:>{w2}}" for a, b, c in rows]
     lines.append("faults: " + (", ".join(f"{k} {v}" for k, v in faults.items()) or "none"))
+    lines.append("gateway warnings: " + (", ".join(
+        f"{k!r} {v}" for k, v in sorted(warnings.items(), key=lambda kv: -kv[1])) or "none"))
     lines.append(f"bounds: failures gateway <= direct + {failure_slack(gw.done)}; "
                  f"lost/out-of-order/stale 0; fds end <= start + {FDS_SLACK}; "
                  f"RSS end <= {rss_bound(start):.1f} MiB")

@@ -164,13 +164,21 @@ class Soak:
         if not self.gw.running():
             problems.append(f"gateway exited ({self.gw.returncode})")
         gw_fig, direct_fig = figures
+        warnings: dict[str, int] = {}
+        errors: list[str] = []
+        for entry in self.gw.logs():
+            level, msg = entry.get("level"), str(entry.get("msg", ""))
+            if level in ("warn", "error", "fatal"):
+                warnings[msg] = warnings.get(msg, 0) + 1
+            if level in ("error", "fatal"):
+                errors.append(msg)
         print()
         print(self.header)
-        print(table(gw_fig, direct_fig, start, end, chaos.record.counts))
+        print(table(gw_fig, direct_fig, start, end, chaos.record.counts, warnings))
         for fig in figures:
             for err in fig.errors[:4]:
                 print(f"  sample error ({fig.name}): {err[:160]}")
-        return verdict(gw_fig, direct_fig, start, end, problems)
+        return verdict(gw_fig, direct_fig, start, end, problems, errors)
 
     @staticmethod
     def _current_revision(members: list[str]) -> int:

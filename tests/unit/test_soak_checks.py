@@ -16,35 +16,40 @@ def lanes(**gateway):
 
 
 def test_a_clean_run_passes():
-    assert verdict(*lanes(), START, START, []) == []
+    assert verdict(*lanes(), START, START, [], []) == []
 
 
 def test_gateway_failures_within_the_slack_over_direct_pass():
     gw, direct = lanes(failed=failure_slack(2000))
-    assert verdict(gw, direct, START, START, []) == []
+    assert verdict(gw, direct, START, START, [], []) == []
 
 
 def test_gateway_failures_beyond_the_slack_over_direct_fail():
     gw, direct = lanes(failed=failure_slack(2000) + 1)
-    assert "operations failed through the gateway" in verdict(gw, direct, START, START, [])[0]
+    assert "operations failed through the gateway" in verdict(gw, direct, START, START, [], [])[0]
 
 
 def test_one_lost_watch_event_fails():
-    assert verdict(*lanes(lost=1), START, START, []) == ["1 watch events lost (gateway)"]
+    assert verdict(*lanes(lost=1), START, START, [], []) == ["1 watch events lost (gateway)"]
 
 
 def test_a_stale_read_fails():
-    assert verdict(*lanes(stale_reads=1), START, START, []) == [
+    assert verdict(*lanes(stale_reads=1), START, START, [], []) == [
         "1 stale linearizable reads (gateway)"]
 
 
 def test_descriptors_growing_beyond_the_bound_fail():
     end = Footprint(3, START.fds + FDS_SLACK + 1, START.rss)
-    assert "gateway fds grew" in verdict(*lanes(), START, end, [])[0]
+    assert "gateway fds grew" in verdict(*lanes(), START, end, [], [])[0]
+
+
+def test_an_error_line_in_the_gateway_log_fails():
+    reasons = verdict(*lanes(), START, START, [], ["event handler failed"])
+    assert reasons == ["the gateway logged 1 error lines (first: 'event handler failed')"]
 
 
 def test_a_problem_of_the_schedule_comes_first():
-    reasons = verdict(*lanes(lost=1), START, START, ["reload refused: x"])
+    reasons = verdict(*lanes(lost=1), START, START, ["reload refused: x"], [])
     assert reasons[0] == "reload refused: x"
 
 
