@@ -158,7 +158,7 @@ class Soak:
                 problems.append(f"the {lane.name} lane's watch did not reach revision "
                                 f"{until} within 30 s (at {lane.stats.last_seen})")
             owed = history(members, lane.prefix, start_revision, until, timeout=30)
-            figures.append(self._figures(lane, owed, chaos))
+            figures.append(self._figures(lane, owed, until, chaos))
         if not load.stop_watchers(timeout=10):
             problems.append("watch threads did not stop within 10 s")
         if not self.gw.running():
@@ -201,13 +201,16 @@ class Soak:
             time.sleep(0.2)
 
     @staticmethod
-    def _figures(lane: Lane, owed: set[int], chaos: Chaos) -> LaneFigures:
+    def _figures(lane: Lane, owed: set[int], until: int, chaos: Chaos) -> LaneFigures:
+        """The lane's figures; the history ends at the sentinel ``until``, so only what
+        the watch saw up to it can be checked against it."""
         s = lane.stats
+        seen = {r for r in s.seen if r <= until}
         burst = chaos.record.bursts.get(lane.name)
         return LaneFigures(
             name=lane.name, puts=s.puts, gets=s.gets, failed=s.failed,
             attempt_errors=s.attempt_errors, stale_reads=s.stale_reads,
-            owed=len(owed), lost=len(owed - s.seen), unexpected=len(s.seen - owed),
+            owed=len(owed), lost=len(owed - seen), unexpected=len(seen - owed),
             out_of_order=s.out_of_order, acked_missing=len(s.acked - owed),
             reconnects=s.watch_reconnects, stalls=s.watch_stalls,
             burst_served=burst.served if burst else 0,
