@@ -532,6 +532,7 @@ class Arbiter:
         self.state = State.DRAINING
         sysd.notify("STOPPING=1")
         self._close_listeners()
+        self.resolver.close()  # no lookups while draining: the roster no longer matters
         self._kill_workers(signal.SIGTERM)
         self._stop_deadline = time.monotonic() + self.config.shutdown_timeout + KILL_GRACE
         logger.info("draining connections", extra=gwlog.fields(
@@ -546,6 +547,7 @@ class Arbiter:
         self._quitting = True
         self.state = State.DRAINING
         self._close_listeners()
+        self.resolver.close()
         self._kill_workers(signal.SIGQUIT)
         self._stop_deadline = time.monotonic() + QUIT_GRACE
         logger.info("stopping now", extra=gwlog.fields(signal=why, workers=len(self.workers)))

@@ -208,7 +208,7 @@ class Resolver:
             self._child.close_after_fork()
 
     def close(self) -> None:
-        """At shutdown: no more lookups; a running one is killed."""
+        """At drain or stop: no more lookups; a running one is killed. Idempotent."""
         self._closed = True
         for timer in (self._period_timer, self._watch_timer, self._failure_timer):
             if timer is not None:
