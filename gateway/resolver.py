@@ -44,6 +44,26 @@ def _failed(config: Config, why: str) -> discovery.Answer:
     return discovery.Answer([], order_for(config.discovery_srv), [why])
 
 
+def _log_fds() -> set[int]:
+    """The descriptors the gateway's log handlers write to (a --log-file, stderr)."""
+    fds = set()
+    for handler in gwlog.get().handlers:
+        try:
+            fds.add(handler.stream.fileno())  # type: ignore[attr-defined]
+        except (AttributeError, OSError, ValueError):
+            continue
+    return fds
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every descriptor from 3 up, except `keep`."""
+    low = 3
+    for fd in sorted(f for f in keep if f >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
 class LookupChild:
     """One `discovery.lookup` in a child process; `on_done(Answer)` is called once,
     from the master's loop, with the result or with the reason it failed."""
@@ -93,10 +113,10 @@ class LookupChild:
         try:
             for signum in self.blocked:
                 signal.signal(signum, signal.SIG_DFL)
-            os.closerange(3, w)          # the listener, the epoll fd, the wake-up pair...
-            os.closerange(w + 1, 65536)  # ...so nothing of the master's stays open here
+            # nothing of the master's stays open here (the listeners, the epoll fd, the
+            # wake-up pair...) but the pipe and the log: the inherited logger writes on
+            _close_all_but({w, *_log_fds()})
             signal.pthread_sigmask(signal.SIG_SETMASK, set())
-            gwlog.setup(self.config.log_settings)
             payload = discovery.lookup(self.config, self.known).to_json().encode()
             view = memoryview(payload)
             while view:

@@ -3,6 +3,7 @@ import os
 import time
 
 from gateway import config, resolver
+from gateway import log as gwlog
 from gateway.health import HealthTable
 from gateway.loop import Loop
 
@@ -26,7 +27,8 @@ def test_a_lookup_child_answers_through_the_loop_and_exits():
     child = resolver.LookupChild(loop, c, {}, got.append, ())
     child.start()
     run_until(loop, lambda: got)
-    assert os.waitpid(child.pid, 0)[1] == 0
+    status = os.waitpid(child.pid, 0)[1]
+    assert status == 0, (status, got)
     assert [e.address for e in got[0].endpoints] == ["127.0.0.9:2379"]
     assert got[0].unresolved == [f"{TOO_LONG}:2379"]
     assert not child.running
@@ -51,3 +53,18 @@ def test_only_ip_literals_start_no_lookup():
     r.lookup_now()
     assert not r.running
     r.close()
+
+
+def test_a_lookup_child_works_while_the_log_goes_to_a_file(tmp_path):
+    path = tmp_path / "gateway.log"
+    gwlog.setup(gwlog.Settings("info", "json", str(path)))
+    try:
+        loop, got = Loop(), []
+        child = resolver.LookupChild(loop, load("--endpoints", f"{TOO_LONG}:2379"), {},
+                                     got.append, ())
+        child.start()
+        run_until(loop, lambda: got)
+        assert os.waitpid(child.pid, 0)[1] == 0
+        assert got[0].unresolved == [f"{TOO_LONG}:2379"]
+    finally:
+        gwlog.setup(gwlog.Settings("info", "json", ""))
