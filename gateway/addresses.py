@@ -114,11 +114,6 @@ def with_zone(ip: str, scope_id: int) -> str:
         return f"{ip}%{scope_id}"
 
 
-def connect_error(address: str, err: int) -> str:
-    """A failed connect, worded as the original gateway logs it (Go's net.Dial)."""
-    return f"dial tcp {address}: connect: {os.strerror(err).lower()}"
-
-
 def parse_endpoint(text: str) -> HostPort:
     """`[scheme://]host[:port]` or `[v6][:port]`; the port defaults to 2379. `https://`
     means the gateway dials the member with TLS; `http://` and no scheme are plain TCP

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 
 from gateway import log as gwlog
-from gateway.addresses import connect_error
+from gateway.dial import connect_error
 from gateway.endpoints import RosterEntry
 from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable
 from gateway.loop import READ, WRITE, Loop, Timer

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import errno
 import fcntl
 import functools
 import os
@@ -63,7 +62,8 @@ from gateway import keepalive
 from gateway.accept import ACCEPT_BATCH, ACCEPT_PAUSE, FD_EXHAUSTED, accept_batch
 from gateway import log as gwlog
 from gateway import tls as gwtls
-from gateway.addresses import connect_error, join_host_port
+from gateway import dial as dial_tcp
+from gateway.addresses import join_host_port
 from gateway.config import ConfigError
 from gateway.endpoints import Order, RosterEntry
 from gateway import picker
@@ -83,7 +83,6 @@ SUSPECT_FRACTION = 0.25  # of the dial timeout: see Worker._suspect_after
 SNIFF_RETRY = 0.005      # seconds between looks at a client's first bytes, once some came
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
-_SOCK_FLAGS = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
 _ONE = b"\x01\0\0\0"   # FIONBIO argument: non-blocking on
 _H2_PREFACE = b"PRI "    # how an HTTP/2 client (gRPC) starts: "PRI * HTTP/2.0"
 
@@ -181,6 +180,7 @@ class Worker:
         self._sync_session = self._sync  # one bound method shared by every session
         self._debug = settings.log.debug
         self._keepalive = keepalive.socket_options(settings.keepalive)
+        self._dial_options = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), *self._keepalive)
         self._accepting = Accepting.NO_FDS  # until run() opens it
         self._registered = False
         self._recheck: Timer | None = None
@@ -642,34 +642,28 @@ class Worker:
             entry = dial.candidates[dial.next]
             dial.next += 1
             ep = entry.endpoint
+            dial.started = time.monotonic()
+            dial.phase = DialPhase.CONNECTING
             try:
-                sock = socket.socket(ep.family, _SOCK_FLAGS)  # already non-blocking
+                sock, connected = dial_tcp.start(ep, self._dial_options)
+            except dial_tcp.DialError as exc:
+                self._dial_failed(entry, str(exc))
+                continue
             except OSError as exc:
                 if exc.errno in FD_EXHAUSTED:
                     self._out_of_descriptors(exc)
                 self._reject(dial, f"cannot open a socket: {exc.strerror}")
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for level, option, value in self._keepalive:
-                sock.setsockopt(level, option, value)
-            dial.started = time.monotonic()
-            dial.phase = DialPhase.CONNECTING
-            err = sock.connect_ex(ep.sockaddr)
-            if err == 0:
-                self._attempt(dial, sock, entry)
-                if self.tls.options.originate:
-                    self._start_member_handshake(dial)
-                else:
-                    self._connected(dial)
-                return
-            if err in (errno.EINPROGRESS, errno.EAGAIN):
+            self._attempt(dial, sock, entry)
+            if not connected:
                 self.table.note_dial_start(entry.slot, dial.started)
-                self._attempt(dial, sock, entry)
                 self._watch_member(dial, WRITE)
                 self._dial_deadline(dial)
-                return
-            sock.close()
-            self._dial_failed(entry, connect_error(ep.address, err))
+            elif self.tls.options.originate:
+                self._start_member_handshake(dial)
+            else:
+                self._connected(dial)
+            return
         self._reject(dial, "no endpoint could be reached" if not dial.rounds else
                      f"no endpoint could be reached in {dial.rounds + 1} rounds of dials")
 
@@ -687,7 +681,7 @@ class Worker:
     def _watch_member(self, dial: Dial, mask: int) -> None:
         assert dial.sock is not None
         dial.umask = self.loop.set_interest(dial.sock.fileno(), dial.umask, mask,
-                                  functools.partial(self._on_dial_ready, dial))
+                                            functools.partial(self._on_dial_ready, dial))
 
     def _on_dial_ready(self, dial: Dial, fd: int, mask: int) -> None:
         sock, entry = dial.sock, dial.entry
@@ -695,9 +689,9 @@ class Worker:
         if dial.phase == DialPhase.MEMBER_HANDSHAKE:
             self._member_handshake_step(dial)
             return
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err != 0:
-            self._attempt_failed(dial, connect_error(entry.endpoint.address, err))
+        error = dial_tcp.outcome(sock, entry.endpoint.address)
+        if error is not None:
+            self._attempt_failed(dial, error)
         elif self.tls.options.originate:
             self._start_member_handshake(dial)
         else:
@@ -750,8 +744,8 @@ class Worker:
         if dial.phase == DialPhase.MEMBER_HANDSHAKE:
             self._member_handshake_failed(dial, None)
             return
-        self._attempt_failed(dial, f"dial tcp {dial.entry.endpoint.address}: i/o timeout "
-                                   f"(dial timeout {self.settings.dial_timeout:g}s)",
+        self._attempt_failed(dial, dial_tcp.timeout_error(dial.entry.endpoint.address,
+                                                          self.settings.dial_timeout),
                              timed_out=True)
 
     def _drop_attempt(self, dial: Dial) -> None:
