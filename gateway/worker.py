@@ -505,8 +505,7 @@ class Worker:
             if want:
                 self._watch_client(dial, want)
                 return
-            self.table.add_at(self.table.counter_offset(self.index, GATEWAY,
-                                                        tls_counter(TLS_CLIENT)), 1)
+            self._count_handshake(TLS_CLIENT)
             dial.protocol = dial.ctls.protocol or gwtls.HTTP11
         elif dial.phase == DialPhase.SNIFF:
             sock = socket_for(dial.client)
@@ -555,13 +554,17 @@ class Worker:
 
     def _client_failed(self, dial: Dial, exc: BaseException | None) -> None:
         """A client's TLS handshake failed (or timed out): count it, close it."""
-        table = self.table
-        table.add_at(table.counter_offset(self.index, GATEWAY,
-                                          tls_counter(TLS_CLIENT, failure_reason(exc))), 1)
+        self._count_handshake(TLS_CLIENT, failure_reason(exc))
         if self._debug:
             logger.debug("client TLS handshake failed", extra=gwlog.fields(
                 client=_address(dial.peer), error=describe_failure(exc)))
         self._drop_client(dial)
+
+    def _count_handshake(self, side: int, reason: int | None = None) -> None:
+        """Count a TLS handshake of `side` (TLS_CLIENT, TLS_MEMBER): completed (no
+        reason), or failed for `reason` (tlsleg.failure_reason)."""
+        table = self.table
+        table.add_at(table.counter_offset(self.index, GATEWAY, tls_counter(side, reason)), 1)
 
     def _client_left(self, dial: Dial, why: str) -> None:
         if self._debug:
@@ -724,15 +727,12 @@ class Worker:
         if want:
             self._watch_member(dial, want)
             return
-        self.table.add_at(self.table.counter_offset(self.index, GATEWAY,
-                                                    tls_counter(TLS_MEMBER)), 1)
+        self._count_handshake(TLS_MEMBER)
         self._connected(dial)
 
     def _member_handshake_failed(self, dial: Dial, exc: BaseException | None) -> None:
         assert dial.entry is not None
-        table = self.table
-        table.add_at(table.counter_offset(self.index, GATEWAY,
-                                          tls_counter(TLS_MEMBER, failure_reason(exc))), 1)
+        self._count_handshake(TLS_MEMBER, failure_reason(exc))
         # a handshake that ran out of time is as weak a signal as a connect that did
         self._attempt_failed(dial, f"TLS handshake with {dial.entry.endpoint.address}: "
                                    f"{describe_failure(exc)}", timed_out=exc is None)

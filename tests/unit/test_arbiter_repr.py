@@ -1,12 +1,10 @@
 """The master never shows its configuration, command line or environment in a log line:
 its repr() names only safe things, and a failing handler is named by qualified name."""
 import functools
-import io
-import logging
 
 from gateway import config
-from gateway import log as gwlog
 from gateway.arbiter import Arbiter
+from tests.support.logs import captured_log
 
 CANARY = "canary-5ecret-9d1e"
 
@@ -29,18 +27,13 @@ def test_master_repr_names_no_config_argv_or_environment():
 
 def test_a_failing_master_handler_is_logged_without_the_environment():
     arbiter = _arbiter()
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(gwlog.JsonFormatter())
-    logger = gwlog.get()
-    logger.addHandler(handler)
     try:
-        # a real handler of the master, called as the loop calls it, that raises (no
-        # worker record): its partial's repr() would hold the whole master
-        arbiter.loop.call_later(0, functools.partial(arbiter._worker_exited, None, 0))
-        arbiter.loop.run_once(0.1)
+        with captured_log() as stream:
+            # a real handler of the master, called as the loop calls it, that raises
+            # (no worker record): its partial's repr() would hold the whole master
+            arbiter.loop.call_later(0, functools.partial(arbiter._worker_exited, None, 0))
+            arbiter.loop.run_once(0.1)
     finally:
-        logger.removeHandler(handler)
         arbiter.loop.close()
     lines = [line for line in stream.getvalue().splitlines() if "event handler failed" in line]
     assert len(lines) == 1

@@ -1,15 +1,13 @@
 """The master's signal handling: one small handler per signal, and children it did not
 start are reaped and logged (not taken for a lookup child)."""
-import io
-import logging
 import os
 import signal
 
 import pytest
 
 from gateway import config
-from gateway import log as gwlog
 from gateway.arbiter import _SIGNAL_HANDLERS, HANDLED, Arbiter, State
+from tests.support.logs import captured_log
 
 
 def _arbiter() -> Arbiter:
@@ -35,20 +33,14 @@ def test_worker_count_signals_while_draining_change_nothing():
 
 def test_an_unknown_child_is_reaped_and_logged():
     arbiter = _arbiter()
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(gwlog.JsonFormatter())
-    logger = gwlog.get()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
     pid = os.fork()
     if pid == 0:
         os._exit(3)
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped
-        arbiter._on_signal(signal.SIGCHLD)
+        with captured_log() as stream:
+            arbiter._on_signal(signal.SIGCHLD)
     finally:
-        logger.removeHandler(handler)
         arbiter.loop.close()
     lines = [line for line in stream.getvalue().splitlines() if "unknown child" in line]
     assert len(lines) == 1
