@@ -9,7 +9,6 @@ packages whatever the machine has installed, so the re-exec path is what runs.
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 
 from tests.support.clients import roundtrip, wait_until
 from tests.support.echo import EchoServer
-from tests.support.gateway_proc import REPO
+from tests.support.gateway_proc import REPO, stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -128,9 +127,4 @@ def test_socket_activation_through_the_launcher_adopts_fd_3(tmp_path):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 assert roundtrip(s, b"activated") == b"activated"
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            stop_process_group(proc)

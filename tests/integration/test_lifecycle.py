@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from tests.support.echo import EchoServer
-from tests.support.gateway_proc import READY_MSG, REPO, gateway_command, run_gateway
+from tests.support.gateway_proc import READY_MSG, REPO, gateway_command, run_gateway, stop_process_group
 from tests.support.ports import free_port
 from tests.support.stream import ConnectionStream
 from tests.support.clients import accepts, roundtrip, wait_until
@@ -350,12 +350,7 @@ def test_socket_activation_adopts_the_inherited_listener(tmp_path, echoes):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             assert roundtrip(s, b"activated") == b"activated"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc)
         err.close()
 
 

@@ -34,6 +34,15 @@ def hold(addr: tuple[str, int], n: int, tag: str) -> list[socket.socket]:
     return out
 
 
+def _converged(gw) -> bool:
+    """Every live worker was started after the last reload (and there are WORKERS)."""
+    entries = gw.logs()
+    cut = max(i for i, e in enumerate(entries) if e.get("msg") == "reloaded")
+    fresh = {e["worker_pid"] for e in entries[cut:] if e.get("msg") == "started worker"}
+    live = set(gw.worker_pids())
+    return len(live) == WORKERS and live <= fresh
+
+
 def test_rapid_reloads_with_held_connections_apply_whole_and_workers_converge(
         gateway_factory, tmp_path):
     with EchoServer() as echo:
@@ -61,13 +70,7 @@ def test_rapid_reloads_with_held_connections_apply_whole_and_workers_converge(
         last = gw.find_logs("reloaded")[-1]
         assert last["changed"]["dial-timeout"][1] == f"{(1000 + 10 * RELOADS) / 1000:g}s"
 
-        def converged() -> bool:
-            entries = gw.logs()
-            cut = max(i for i, e in enumerate(entries) if e.get("msg") == "reloaded")
-            fresh = {e["worker_pid"] for e in entries[cut:] if e.get("msg") == "started worker"}
-            live = set(gw.worker_pids())
-            return len(live) == WORKERS and live <= fresh
-        wait_until(converged, 60, "workers did not converge on the last configuration")
+        wait_until(lambda: _converged(gw), 60, "workers did not converge on the last configuration")
     assert not gw.find_logs("event handler failed")
     assert not gw.find_logs("reload failed; keeping the running configuration")
     assert CANARY not in gw.stderr_text() and CANARY not in gw.stdout_text()
@@ -155,13 +158,7 @@ def test_running_out_of_worker_slots_makes_the_master_wait_then_converge(
                 except ProcessLookupError:
                     pass
 
-        def converged() -> bool:
-            entries = gw.logs()
-            cut = max(i for i, e in enumerate(entries) if e.get("msg") == "reloaded")
-            fresh = {e["worker_pid"] for e in entries[cut:] if e.get("msg") == "started worker"}
-            live = set(gw.worker_pids())
-            return len(live) == WORKERS and live <= fresh
-        wait_until(converged, 60, "workers did not converge after slots came free")
+        wait_until(lambda: _converged(gw), 60, "workers did not converge after slots came free")
         with socket.create_connection(addr, timeout=10) as s:
             assert roundtrip(s, b"served") == b"served"
     assert not gw.find_logs("event handler failed")

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import accepts, roundtrip, wait_until
 from tests.support.echo import EchoServer
-from tests.support.gateway_proc import REPO, gateway_command, run_gateway
+from tests.support.gateway_proc import REPO, gateway_command, run_gateway, stop_process_group
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -237,11 +237,6 @@ def test_socket_activation_adopts_every_socket_systemd_passes(sockdir, echo, tmp
             assert roundtrip(s, b"tcp") == b"tcp"
         assert unix_roundtrip(path, b"unix") == b"unix"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc)
         err.close()
     assert os.path.exists(path)  # systemd's file: not the gateway's to remove

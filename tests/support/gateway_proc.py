@@ -309,3 +309,20 @@ class GatewayProcess:
 
     def _tail(self, chars: int = 4000) -> str:
         return self.stderr_text()[-chars:]
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a gateway a test started itself with start_new_session (socket activation,
+    a launcher run): SIGTERM its process group, then SIGKILL after ``timeout``."""
+    try:
+        os.killpg(proc.pid, _signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
