@@ -19,6 +19,7 @@ import re
 import select
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_SIZE = 1 << 20       # bytes: a config file is a few hundred
@@ -85,17 +86,25 @@ def _too_big(path: str) -> ConfigFileError:
                            f"{MAX_SIZE >> 20} MiB")
 
 
-def _read_regular(fd: int, path: str) -> bytes:
+def _read_all(next_chunk: Callable[[int], bytes | None], path: str) -> bytes:
+    """Chunks from `next_chunk(bytes so far)` until an empty one (end of file); None
+    means "nothing yet, ask again". Refused past MAX_SIZE."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = os.read(fd, MAX_SIZE + 1 - size)
+        chunk = next_chunk(size)
+        if chunk is None:
+            continue
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)
         if size > MAX_SIZE:
             raise _too_big(path)
+
+
+def _read_regular(fd: int, path: str) -> bytes:
+    return _read_all(lambda size: os.read(fd, MAX_SIZE + 1 - size), path)
 
 
 def _read_pipe(fd: int, path: str, wait: float) -> bytes:
@@ -104,24 +113,19 @@ def _read_pipe(fd: int, path: str, wait: float) -> bytes:
     deadline = time.monotonic() + wait
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
+
+    def next_chunk(size: int) -> bytes | None:
         left = deadline - time.monotonic()
         if left <= 0 or not poller.poll(left * 1000):
             raise ConfigFileError(
                 f"option --config: {path!r} is a pipe that did not reach end of file "
                 f"within {wait:g}s (no writer, or one that did not finish)")
         try:
-            chunk = os.read(fd, 65536)
+            return os.read(fd, 65536)
         except BlockingIOError:
-            continue
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_SIZE:
-            raise _too_big(path)
+            return None
+
+    return _read_all(next_chunk, path)
 
 
 def parse(text: ConfigText, known: set[str], repeatable: set[str]
