@@ -413,8 +413,8 @@ class Worker:
 
     def _deny(self, client: int, addr: tuple, door: Listener) -> None:
         """A client outside --allow-from: closed at once, before any member is dialled;
-        counted, and logged at most once a second with its address."""
-        os.close(client)
+        counted, and logged at most once a second with its address. Counted and logged
+        before the close, so whoever sees the close also sees the count and the line."""
         table = self.table
         table.add_at(self._denied_at, 1)
         table.add_at(table.counter_offset(self.index, LISTENER0 + door.slot, L_DENIED), 1)
@@ -422,6 +422,7 @@ class Worker:
         if suppressed is not None:
             logger.warning("refused client: not in --allow-from", extra=gwlog.fields(
                 client=_address(addr), listener=door.label, repeats=suppressed))
+        os.close(client)
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         """EMFILE/ENFILE: stop reading the listener for a moment (or the loop would

@@ -135,7 +135,7 @@ def test_rejected_clients_are_counted(gateway_factory):
             echo_once(gw.sockaddr, b"x")
         except OSError:
             pass
-    wait_until(lambda: value(gw, "etcd_gateway_rejected_connections_total") == 3, 5,
+    wait_until(lambda: value(gw, "etcd_gateway_rejected_connections_total") == 3, 15,
                "rejections not counted")
 
 
