@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from gateway import config as gwconfig
 from gateway import tls as gwtls
-from gateway import __version__, discovery, listeners, resolver, sysd
+from gateway import __version__, discovery, keepalive, listeners, resolver, sysd
 from gateway.addresses import ListenAddr
 from gateway import log as gwlog
 from gateway.endpoints import MAX_WORKERS, Endpoint, Order, order_for
@@ -147,6 +147,7 @@ class Arbiter:
             raise FatalError(str(exc)) from None
         endpoints = roster.endpoints
         self.listeners = self._open_listeners()
+        self._set_listener_keepalive(self.config.keepalive)
         try:
             return self._serve(endpoints, roster.policy)
         finally:
@@ -690,6 +691,14 @@ class Arbiter:
         logger.info("TLS files changed: re-read", extra=gwlog.fields(
             files=[path for _, path in options.files()]))
 
+    def _set_listener_keepalive(self, seconds: float) -> None:
+        """--keepalive on every TCP listener, before any worker is forked: accepted
+        sockets inherit it when the kernel completes their handshake, which may be
+        before a worker first looks at the listener."""
+        options = keepalive.socket_options(seconds)
+        for lst in self.listeners:
+            keepalive.apply(lst.sock, options)
+
     def _apply_listeners(self, plan: _ReloadPlan, old: gwconfig.Config,
                          new: gwconfig.Config) -> None:
         """Install the listeners a reload bound and close the dropped ones. Dropped ones
@@ -705,6 +714,7 @@ class Arbiter:
             self.listeners = [lst for lst in self.listeners
                               if lst not in plan.dropped] + plan.added
             self._listener_gen += 1
+        self._set_listener_keepalive(new.keepalive)
         if self._socket_activated and new.listen_addr != old.listen_addr:
             logger.warning("ignoring --listen-addr: listening where systemd's socket unit "
                            "says (socket activation)")

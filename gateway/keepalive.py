@@ -6,10 +6,11 @@ and the probe interval (the kernel's 9 probes), so a peer that vanished without 
 default is 2 hours 11 minutes. `socket_options(seconds)` is the list of options for
 `--keepalive`: TCP_KEEPIDLE = TCP_KEEPINTVL = seconds, TCP_KEEPCNT = PROBES; with 0 the
 kernel's defaults (its sysctls, read here, so a reload from a value back to 0 really
-restores them). Each worker sets them once on the listener, whose options every
-accepted socket inherits (Linux copies them at accept), so the client leg costs
-nothing per connection; a dialled socket has no parent to inherit from and gets
-them at each dial.
+restores them). The master sets them on each TCP listener before it forks workers,
+and again when a reload is applied (before the new workers start), and every
+accepted socket inherits them (Linux copies them when it completes the handshake,
+which can be before any worker looks), so the client leg costs nothing per
+connection; a dialled socket has no parent to inherit from and gets them at each dial.
 """
 from __future__ import annotations
 

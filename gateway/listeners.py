@@ -5,7 +5,7 @@ worker through fork; it never accepts on them. `:PORT` and `[::]:PORT` bind ever
 interface, IPv4 and IPv6 (dual stack where the host has IPv6). TCP_NODELAY and
 SO_KEEPALIVE are set on a TCP listener so accepted sockets inherit them (Linux copies
 them at accept), which saves two system calls per client on the hot path; each
-worker sets the keepalive timers on it the same way (gateway/keepalive.py). A unix
+master sets the keepalive timers on it the same way (gateway/keepalive.py). A unix
 listener gets no TCP option, and nothing downstream may assume one on a client socket.
 
 A unix socket file is made with the mode and group asked for (`--listen-socket-mode`,

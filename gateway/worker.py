@@ -213,8 +213,7 @@ class Worker:
             signal.signal(ignored, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for lst in self.listeners:
-            lst.sock.setblocking(False)
-            keepalive.apply(lst.sock, self._keepalive)  # inherited by accepted sockets
+            lst.sock.setblocking(False)  # keepalive: set by the master (inherited at accept)
         self._resume_accepting()
         self.table.beat(self.index, time.monotonic())
         self.loop.call_later(TICK, self._tick)
