@@ -42,7 +42,7 @@ from gateway.health import (G_WORKER_TIMEOUTS, GATEWAY, LOAD_REFRESH, Balance, H
 from gateway.httpd import HttpServer, bind_http
 from gateway.loop import Loop, Timer
 from gateway.metrics import GatewayInfo, MetricsApp
-from gateway.checks import Checker, CheckPolicy
+from gateway.checks import Checker, CheckMode, CheckPolicy
 from gateway import earlysignals
 from gateway.earlysignals import EarlySignals
 from gateway.worker import Worker, WorkerSettings
@@ -160,6 +160,7 @@ class Arbiter:
         self._set_load_policy(self.config)
         self._refresh_load()
         self.table.set_retry_delay(self.config.retry_delay)
+        self._first_checks()  # still start-up: signals are held (earlysignals.py)
         self.loop.handle_signals(HANDLED, self._on_signal)
         during_startup = self.early_signals.handover() if self.early_signals else []
         self.manage_workers()
@@ -195,6 +196,12 @@ class Arbiter:
             logger.info("acting on a signal received during start-up",
                         extra=gwlog.fields(signal=signal.Signals(signum).name))
             self._on_signal(signum)
+    def _first_checks(self) -> None:
+        """One round of member checks before serving (bounded by the dial timeout), so
+        roles are known before the first client; then say which check runs where."""
+        self.checker.first_round()
+        logger.info("member checks", extra=gwlog.fields(**{
+            "health-check": self.config.health_check, **self.checker.kinds()}))
 
     def _raise_nofile_limit(self) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -846,9 +853,11 @@ def _named(ep: Endpoint) -> str:
 
 
 def _check_policy(config: gwconfig.Config) -> CheckPolicy:
-    return CheckPolicy(mode=config.health_check, interval=config.health_check_interval,
+    return CheckPolicy(mode=CheckMode(config.health_check),
+                       interval=config.health_check_interval,
                        fall=config.health_check_fall, rise=config.health_check_rise,
-                       dial_timeout=config.dial_timeout, retry_delay=config.retry_delay)
+                       dial_timeout=config.dial_timeout, retry_delay=config.retry_delay,
+                       tls_members=bool(config.discovery_srv) and not config.insecure_discovery)
 
 
 def _changed_options(old: gwconfig.Config, new: gwconfig.Config) -> dict[str, list[str]]:

@@ -298,10 +298,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("shutdown-timeout", _duration, "30s",
            "On SIGTERM/SIGINT, how long open connections may drain before they are closed.",
            origin="new", metavar="DURATION"),
-    Option("health-check", _choice("none", "tcp", "etcd"), "tcp",
-           "Active member checks: none; tcp (a connect); etcd (GET /health must answer "
-           "200 with \"health\":\"true\" within the dial timeout).", origin="new",
-           metavar="MODE"),
+    Option("health-check", _choice("auto", "none", "tcp", "etcd"), "auto",
+           "Active member checks: auto (etcd's status where the member speaks plain "
+           "HTTP, else tcp); none; tcp (a connect); etcd (the status, and GET /health "
+           "must answer 200 with \"health\":\"true\"). Learners never get a client "
+           "(see Member health).", origin="new", metavar="MODE"),
     Option("health-check-interval", _duration, "5s",
            "How often every member is checked.", origin="new", metavar="DURATION"),
     Option("health-check-fall", _count, "2",

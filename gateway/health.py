@@ -30,7 +30,11 @@ writer or tolerates racing writers that write the same kind of value:
   Reading it costs O(members) per accept (O(1) for the
   gateway-wide count), and the master's refresh O(workers x members) per period,
   with slices, not a Python loop per cell. The limit and the balance policy sit in the
-  header, so a reload changes them without replacing workers.
+  header, so a reload changes them without replacing workers;
+- the member's role, alarms and which check runs for it (`MemberRole`, `MemberAlarm`,
+  `CheckKind`) are written only by the master's checks. A learner is never a candidate
+  for a client, and a member whose role is not known yet is ordered with the members
+  marked down (`in_rotation`): that is the one rule every picker sees.
 
 The layout of every fixed-size record (the header with its policy, limit and balance
 words, an endpoint slot, a worker slot) is written down once, as a `_Record`: fields
@@ -126,7 +130,7 @@ _EP_STATIC = struct.Struct("<BBHHH46s264sH")  # in_use, family, port, prio, weig
                                               # IPv6 scope id (zone; 0 = none)
 _EP_ERROR_LEN = 144
 _EP_LAYOUT = _Record(
-    512,
+    640,
     ("static", _EP_STATIC.format[1:]),
     ("down_at", "d"),           # 0.0 up, else the CLOCK_MONOTONIC second it failed
     ("changed", "d"),           # wall-clock time of the last state change
@@ -135,6 +139,9 @@ _EP_LAYOUT = _Record(
     ("timeout_at", "d"),        # CLOCK_MONOTONIC second the latest counted timeout fired
     ("timeouts", "I"),          # timed-out dials since the last success (note_dial_timeout)
     ("dial_ok", "d"),           # CLOCK_MONOTONIC second of the latest successful dial
+    ("role", "I"),              # MemberRole, written by the master's checks
+    ("alarms", "I"),            # MemberAlarm flags the member reports
+    ("check", "I"),             # CheckKind: which check runs for the member
 )
 _EP_SIZE = _EP_LAYOUT.room
 _EP_DOWN_OFF = _EP_LAYOUT["down_at"]
@@ -144,6 +151,9 @@ _EP_WAITING_OFF = _EP_LAYOUT["waiting"]
 _EP_TIMEOUT_AT_OFF = _EP_LAYOUT["timeout_at"]
 _EP_TIMEOUTS_OFF = _EP_LAYOUT["timeouts"]
 _EP_DIAL_OK_OFF = _EP_LAYOUT["dial_ok"]
+_EP_ROLE_OFF = _EP_LAYOUT["role"]
+_EP_ALARMS_OFF = _EP_LAYOUT["alarms"]
+_EP_CHECK_OFF = _EP_LAYOUT["check"]
 
 # A worker slot: pid, then per-worker figures.
 _WK = struct.Struct("<Iid")  # pid, state (0 free, 1 live), started (wall clock)
@@ -191,6 +201,41 @@ _COLUMN_SIZE = N_COUNTERS * 8
 _ROW_SIZE = (MAX_ENDPOINTS + 1 + MAX_LISTENERS) * _COLUMN_SIZE
 _LOAD_ROW = MAX_ENDPOINTS + 1  # u64 cells per load row: endpoints, then gateway open
 _LOAD_ROW_SIZE = _LOAD_ROW * 8
+
+
+class MemberRole(enum.IntEnum):
+    """What the member's checks know of its role in the etcd cluster."""
+    UNCHECKED = 0   # an etcd-aware check has not answered yet: ordered as if down
+    UNKNOWN = 1     # its check cannot see roles (tcp, none, TLS passed through)
+    VOTER = 2
+    LEARNER = 3     # refuses clients (etcd 3.4+ `member add --learner`): never a candidate
+
+
+class MemberAlarm(enum.IntFlag):
+    """etcd's alarms (AlarmType), as the member reports them."""
+    NONE = 0
+    NOSPACE = 1
+    CORRUPT = 2
+
+
+def alarm_names(alarms: MemberAlarm) -> list[str]:
+    """["NOSPACE", ...]: the alarms set in `alarms`."""
+    return [str(a.name) for a in (MemberAlarm.NOSPACE, MemberAlarm.CORRUPT) if a in alarms]
+
+
+class CheckKind(enum.IntEnum):
+    """Which check runs for a member (shown in /endpoints and `status`)."""
+    NONE = 0
+    TCP = 1
+    ETCD = 2
+
+
+class EndpointState(enum.Enum):
+    """How an endpoint is shown: in rotation, marked down, a learner, or not yet known."""
+    UP = "up"
+    DOWN = "down"
+    LEARNER = "learner"
+    UNCHECKED = "unchecked"
 
 
 class NoWorkerSlot(RuntimeError):
@@ -338,6 +383,8 @@ class HealthTable:
         _F64.pack_into(self.buf, off + _EP_DIAL_OK_OFF, 0.0)
         _F64.pack_into(self.buf, off + _EP_TIMEOUT_AT_OFF, 0.0)
         _F64.pack_into(self.buf, off + _EP_WAITING_OFF, 0.0)
+        for field_off in (_EP_ROLE_OFF, _EP_ALARMS_OFF, _EP_CHECK_OFF):
+            _U32.pack_into(self.buf, off + field_off, 0)
         for row in range(self.max_workers + 2):
             base = self._ctr_base + row * _ROW_SIZE + slot * _COLUMN_SIZE
             self.buf[base:base + _COLUMN_SIZE] = bytes(_COLUMN_SIZE)
@@ -444,6 +491,53 @@ class HealthTable:
         off = self._slot_off(slot)
         _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
         _F64.pack_into(self.buf, off + _EP_WAITING_OFF, 0.0)
+
+    # -- role, alarms and check kind (the master's checks write them) ----------------
+    def role(self, slot: int) -> MemberRole:
+        return MemberRole(_U32.unpack_from(self.buf, self._slot_off(slot) + _EP_ROLE_OFF)[0])
+
+    def set_role(self, slot: int, role: MemberRole) -> bool:
+        """True when the role changed."""
+        if self.role(slot) == role:
+            return False
+        _U32.pack_into(self.buf, self._slot_off(slot) + _EP_ROLE_OFF, role)
+        _F64.pack_into(self.buf, self._slot_off(slot) + _EP_CHANGED_OFF, time.time())
+        return True
+
+    def alarms(self, slot: int) -> MemberAlarm:
+        return MemberAlarm(_U32.unpack_from(self.buf, self._slot_off(slot) + _EP_ALARMS_OFF)[0])
+
+    def set_alarms(self, slot: int, alarms: MemberAlarm) -> bool:
+        """True when the set of alarms changed."""
+        if self.alarms(slot) == alarms:
+            return False
+        _U32.pack_into(self.buf, self._slot_off(slot) + _EP_ALARMS_OFF, alarms)
+        return True
+
+    def check_kind(self, slot: int) -> CheckKind:
+        return CheckKind(_U32.unpack_from(self.buf, self._slot_off(slot) + _EP_CHECK_OFF)[0])
+
+    def set_check_kind(self, slot: int, kind: CheckKind) -> None:
+        _U32.pack_into(self.buf, self._slot_off(slot) + _EP_CHECK_OFF, kind)
+
+    def is_candidate(self, slot: int) -> bool:
+        """May a new client be sent to it at all? Never to a learner, even when every
+        other member is down: it would refuse the client's requests."""
+        return self.role(slot) != MemberRole.LEARNER
+
+    def in_rotation(self, slot: int) -> bool:
+        """Up, and known not to be a learner (or its check cannot tell)."""
+        return self.is_up(slot) and self.role(slot) in (MemberRole.VOTER, MemberRole.UNKNOWN)
+
+    def state(self, slot: int) -> EndpointState:
+        if not self.is_up(slot):
+            return EndpointState.DOWN
+        role = self.role(slot)
+        if role == MemberRole.LEARNER:
+            return EndpointState.LEARNER
+        if role == MemberRole.UNCHECKED:
+            return EndpointState.UNCHECKED
+        return EndpointState.UP
 
     # -- TLS generation ------------------------------------------------------------
     @property

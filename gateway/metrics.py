@@ -25,7 +25,8 @@ from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTI
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, G_ACCEPTED,
                             G_LIMITED, G_OPEN, G_REJECTED, G_WORKER_TIMEOUTS, GATEWAY,
                             G_DENIED, L_ACCEPTED, L_DENIED, LISTENER0, TLS_SIDES,
-                            HealthTable, RosterEntry, tls_counter)
+                            EndpointState, HealthTable, MemberAlarm, MemberRole, RosterEntry,
+                            alarm_names, tls_counter)
 from gateway.httpd import Response
 from gateway.tlsleg import REASONS as TLS_FAILURE_REASONS
 
@@ -147,7 +148,7 @@ class MetricsApp:
         draining (a draining gateway has closed its listener: a load balancer must
         stop sending clients), else 503."""
         roster = self.table.roster()
-        up = sum(1 for entry in roster if self.table.is_up(entry.slot))
+        up = sum(1 for entry in roster if self.table.in_rotation(entry.slot))
         draining = self.info().draining
         healthy = up > 0 and not draining
         body = {"health": "true" if healthy else "false", "endpoints_up": up,
@@ -165,7 +166,10 @@ class MetricsApp:
             out.append({
                 "endpoint": ep.address,
                 "label": ep.label,
-                "state": "up" if table.is_up(slot) else "down",
+                "state": table.state(slot).value,
+                "role": table.role(slot).name.lower(),
+                "check": table.check_kind(slot).name.lower(),
+                "alarms": alarm_names(table.alarms(slot)),
                 "priority": ep.priority,
                 "weight": ep.weight,
                 "active_connections": table.counter(slot, C_ACTIVE, rows=rows),
@@ -229,9 +233,29 @@ class MetricsApp:
         table = self.table
         labels = [(entry.slot, {"endpoint": entry.endpoint.address}) for entry in roster]
         out.family("endpoint_up", "gauge",
-                   "1 while the endpoint is in rotation, 0 while it is marked down.")
+                   "1 while the endpoint is in rotation, 0 while it is marked down, a "
+                   "learner or not checked yet.")
         for slot, lab in labels:
-            out.sample("endpoint_up", lab, 1 if table.is_up(slot) else 0)
+            out.sample("endpoint_up", lab, 1 if table.in_rotation(slot) else 0)
+        out.family("endpoint_state", "gauge",
+                   "1 for the endpoint's state: up, down, learner or unchecked.")
+        for slot, lab in labels:
+            current = table.state(slot)
+            for state in EndpointState:
+                out.sample("endpoint_state", {**lab, "state": state.value},
+                           1 if state == current else 0)
+        out.family("endpoint_learner", "gauge",
+                   "1 while the member says it is a learner (it gets no client).")
+        for slot, lab in labels:
+            out.sample("endpoint_learner", lab,
+                       1 if table.role(slot) == MemberRole.LEARNER else 0)
+        out.family("endpoint_alarm", "gauge",
+                   "1 for each etcd alarm (NOSPACE, CORRUPT) the member reports.")
+        for slot, lab in labels:
+            alarms = table.alarms(slot)
+            for alarm in (MemberAlarm.NOSPACE, MemberAlarm.CORRUPT):
+                out.sample("endpoint_alarm", {**lab, "alarm": str(alarm.name)},
+                           1 if alarm in alarms else 0)
         out.family("endpoint_active_connections", "gauge",
                    "Client connections currently relayed to the endpoint.")
         for slot, lab in labels:

@@ -5,7 +5,9 @@ failover for one client is "try the next in the list". Healthy members come firs
 round-robin order (the counter is shared by every worker through the health table, so
 sequential connections spread evenly whichever worker accepts them); members marked
 down come last, so that when every member is down each gets one bounded attempt and
-service resumes as soon as one is back.
+service resumes as soon as one is back. The worker hands over only candidates (never a
+learner) and counts a member whose role is not known yet as unhealthy (health.py), so
+every order below follows the same rule.
 
 Static endpoints use plain round robin; endpoints found by DNS SRV use RFC 2782
 (`rfc2782`): the lowest priority class that has a healthy member takes every new

@@ -28,7 +28,7 @@ from gateway import config as gwconfig
 PROG = "etcd-gatewayd status"
 TIMEOUT = 5.0
 ENV_VAR = gwconfig.ENV_PREFIX + "METRICS_ADDR"
-COLUMNS = ("ENDPOINT", "STATE", "ACTIVE", "CONNECTIONS", "DIAL-FAILS", "CHECK-FAILS",
+COLUMNS = ("ENDPOINT", "STATE", "CHECK", "ACTIVE", "CONNECTIONS", "DIAL-FAILS", "CHECK-FAILS",
            "SENT", "RECEIVED", "LAST-CHANGE", "LAST-ERROR")
 
 
@@ -239,13 +239,19 @@ def _endpoint_cell(e: dict[str, Any]) -> str:
     return f"{address} ({label})" if label and label != address else address
 
 
+def _state_cell(e: dict[str, Any]) -> str:
+    """up, down, learner or unchecked, with the alarms the member reports: up,NOSPACE."""
+    return ",".join([str(e.get("state", "?")), *map(str, e.get("alarms") or ())])
+
+
 def render_table(endpoints: list[dict[str, Any]], now: float) -> str:
     rows = [COLUMNS]
     for e in endpoints:
         changed = e.get("last_change") or 0
         rows.append((
             _endpoint_cell(e),
-            str(e.get("state", "?")),
+            _state_cell(e),
+            str(e.get("check", "?")),
             str(e.get("active_connections", 0)),
             str(e.get("connections_total", 0)),
             str(e.get("dial_failures_total", 0)),

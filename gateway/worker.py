@@ -15,7 +15,8 @@ succeeded meanwhile, and `timeout_fall` in a row are needed (health.py); until t
 the member is a suspect, offered after the others. When every candidate failed and one
 of them timed out, the client is dialled round again until its total wait
 (`dial_total_timeout`) is over; only then, or when all refused, is it closed (and
-counted as rejected).
+counted as rejected). A learner is never a candidate (`HealthTable.is_candidate`),
+whatever the picker.
 
 Accepting is a small state machine (`Accepting`): OPEN (every listener registered),
 FULL (--max-connections reached across all workers: listeners unregistered, so new
@@ -604,19 +605,21 @@ class Worker:
         members (their latest dials timed out; not yet marked down) go after the other
         healthy ones: a black-holed member among live ones costs the clients that meet
         it first one dial timeout each, and the others nothing."""
-        roster = self._current_roster()
         table = self.table
-        up = [table.is_up(e.slot) for e in roster]
+        # the one rule (health.py): a learner is never a candidate; a member whose
+        # role is not known yet is ordered with the members marked down
+        roster = [e for e in self._current_roster() if table.is_candidate(e.slot)]
+        up = [table.in_rotation(e.slot) for e in roster]
         candidates = self._candidates(roster, up)
         if len(candidates) > 1:
             candidates.sort(key=self._dial_rank)  # stable: the picker's order within a rank
         return roster, up, candidates
 
     def _dial_rank(self, entry: RosterEntry) -> int:
-        """0 up, 1 up but suspect (health.py `suspect`), 2 marked down (the picker
-        puts those last)."""
+        """0 in rotation, 1 in rotation but suspect (health.py `suspect`), 2 marked
+        down or role not known yet (the picker puts those last)."""
         table = self.table
-        if not table.is_up(entry.slot):
+        if not table.in_rotation(entry.slot):
             return 2
         return 1 if table.suspect(entry.slot, time.monotonic(), self._suspect_after) else 0
 

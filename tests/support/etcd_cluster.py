@@ -9,6 +9,15 @@ resume one member while the others keep running.  Health is checked the way an
 operator would, with ``etcdctl endpoint health``; every wait has a deadline on
 ``time.monotonic()``.
 
+Learners (etcd 3.4+): ``add_learner()`` runs ``etcdctl member add NAME --learner`` on
+the running members (retried while etcd calls the cluster too young to change) and
+starts the new member with ``--initial-cluster-state
+existing`` and the ``--initial-cluster`` etcdctl printed; it waits until the member
+answers ``/v3/maintenance/status`` as a learner (``etcdctl endpoint health`` cannot
+tell: a learner refuses the read it makes). ``promote(i)`` runs ``etcdctl member
+promote``, retried while etcd says the learner is not in sync yet. ``extra_args`` are
+added to every member's command line (e.g. ``--quota-backend-bytes``).
+
 Member ids: the gRPC gateway's JSON (``/v3/maintenance/status``) gives
 ``header.member_id`` as a *decimal string* (uint64 encoded as a JSON string),
 while ``etcdctl member list -w json`` gives ``ID`` as a JSON *number* (also
@@ -66,6 +75,8 @@ class Member:
     log_path: pathlib.Path
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     paused: bool = False
+    # --initial-cluster of a member added to a running cluster (empty: a founding member)
+    joined_cluster: str = ""
     scheme: str = "http"
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
@@ -109,12 +120,14 @@ def _tail(path: pathlib.Path, lines: int = 25) -> str:
 class EtcdCluster:
     """``size`` real etcd members on 127.0.0.1, data and logs under ``workdir``."""
 
-    def __init__(self, workdir: pathlib.Path, size: int = 3, tls: MemberTls | None = None) -> None:
+    def __init__(self, workdir: pathlib.Path, size: int = 3, tls: MemberTls | None = None,
+                 extra_args: list[str] | None = None) -> None:
         if size < 1:
             raise ValueError("size must be >= 1")
         self.workdir = pathlib.Path(workdir)
         self.size = size
         self.tls = tls
+        self.extra_args = list(extra_args or [])
         self.members: list[Member] = []
         self.token = f"test-{uuid.uuid4().hex[:12]}"
         self._started = False
@@ -180,7 +193,8 @@ class EtcdCluster:
             )
 
     def _command(self, m: Member) -> list[str]:
-        initial = ",".join(f"{x.name}={x.peer_url}" for x in self.members)
+        initial = m.joined_cluster or ",".join(
+            f"{x.name}={x.peer_url}" for x in self.members[:self.size])
         return [
             "etcd",
             "--name", m.name,
@@ -191,9 +205,10 @@ class EtcdCluster:
             "--initial-advertise-peer-urls", m.peer_url,
             "--initial-cluster", initial,
             "--initial-cluster-token", self.token,
-            "--initial-cluster-state", "new",
+            "--initial-cluster-state", "existing" if m.joined_cluster else "new",
             "--heartbeat-interval", "50",
             "--election-timeout", "500",
+            *self.extra_args,
             *self._tls_flags(),
         ]
 
@@ -354,10 +369,74 @@ class EtcdCluster:
         os.kill(m.proc.pid, signal.SIGCONT)
         m.paused = False
 
+    # ------------------------------------------------------------- membership
+    def add_learner(self, timeout: float = 30) -> int:
+        """Add a learner to the running cluster and start it; its index in ``members``.
+
+        Raises RuntimeError (with etcdctl's output or the member's log) on failure.
+        """
+        deadline = time.monotonic() + timeout
+        client_port, peer_port = free_ports(2)
+        name = f"m{len(self.members) + 1}"
+        m = Member(name=name, client_port=client_port, peer_port=peer_port,
+                   data_dir=self.workdir / f"{name}.etcd", log_path=self.workdir / f"{name}.log",
+                   scheme="https" if self.tls is not None else "http")
+        while True:  # etcd refuses reconfiguration until its members have been
+            # connected for a few seconds ("unhealthy cluster")
+            cp = self.etcdctl("member", "add", name, "--learner", f"--peer-urls={m.peer_url}",
+                              endpoints=self.founding_endpoints())
+            if cp.returncode == 0:
+                break
+            if "unhealthy cluster" not in cp.stderr or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"etcdctl member add --learner failed: {cp.stderr.strip()[-1000:]}")
+            time.sleep(0.5)
+        for line in cp.stdout.splitlines():
+            if line.startswith("ETCD_INITIAL_CLUSTER="):
+                m.joined_cluster = line.partition("=")[2].strip().strip('"')
+        if not m.joined_cluster:
+            raise RuntimeError(f"etcdctl member add printed no ETCD_INITIAL_CLUSTER: {cp.stdout}")
+        self.members.append(m)
+        index = len(self.members) - 1
+        self._spawn(index)
+        while True:
+            try:
+                if self.status(m.client_addr, timeout=1, tls=self.tls).get("isLearner"):
+                    log.info("learner %s answers at %s", name, m.client_addr)
+                    return index
+            except (OSError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(self._failure_report(
+                    f"learner {name} did not answer as a learner within {timeout}s", only=[m]))
+            time.sleep(0.2)
+
+    def promote(self, i: int, timeout: float = 30) -> None:
+        """``etcdctl member promote`` member ``i``, retried until it is in sync."""
+        m = self._member(i)
+        member_id = format(int(self.status(m.client_addr, tls=self.tls)["header"]["member_id"]),
+                           "x")
+        deadline = time.monotonic() + timeout
+        while True:
+            cp = self.etcdctl("member", "promote", member_id,
+                              endpoints=self.founding_endpoints())
+            if cp.returncode == 0:
+                log.info("promoted %s (%s)", m.name, member_id)
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcdctl member promote {member_id} failed: "
+                                   f"{cp.stderr.strip()[-1000:]}")
+            time.sleep(0.3)
+
     # ---------------------------------------------------------------- queries
     def client_endpoints(self) -> list[str]:
         """Client addresses ("127.0.0.1:PORT") of all members, running or not."""
         return [m.client_addr for m in self.members]
+
+    def founding_endpoints(self) -> list[str]:
+        """The running members the cluster started with (voters; a learner refuses most
+        of etcdctl's requests)."""
+        return [m.client_addr for m in self.members[:self.size] if m.running() and not m.paused]
 
     def running_endpoints(self) -> list[str]:
         return [m.client_addr for m in self.members if m.running() and not m.paused]

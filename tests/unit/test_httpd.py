@@ -20,7 +20,8 @@ import pytest
 from gateway import status
 from gateway.addresses import HostPort
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
-                            Endpoint, HealthTable)
+                            CheckKind, Endpoint, HealthTable, MemberAlarm,
+                            MemberRole)
 from gateway.httpd import HttpServer, bind_http, parse_request_line
 from gateway.listeners import ListenError
 from gateway.loop import Loop
@@ -347,6 +348,9 @@ class Background:
             Endpoint("127.0.0.1:2379", socket.AF_INET, "127.0.0.1", 2379),
             Endpoint("127.0.0.1:22379", socket.AF_INET, "127.0.0.1", 22379)])
         self.slots = [e.slot for e in roster]
+        for slot in self.slots:  # as the master's first checks leave them
+            self.table.set_role(slot, MemberRole.VOTER)
+            self.table.set_check_kind(slot, CheckKind.ETCD)
         self.worker = self.table.claim_worker_slot(os.getpid())
         self.app = MetricsApp(self.table, lambda: GatewayInfo(
             workers=self.table.live_workers(), desired_workers=1, reloads_total=0,
@@ -396,17 +400,28 @@ def test_status_prints_the_table_and_exits_0_while_an_endpoint_is_up(gateway):
     code, out, err = run_status(["status", "--metrics-addr", gateway.addr])
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["ENDPOINT", "STATE", "ACTIVE", "CONNECTIONS", "DIAL-FAILS",
-                                "CHECK-FAILS", "SENT", "RECEIVED", "LAST-CHANGE",
+    assert lines[0].split() == ["ENDPOINT", "STATE", "CHECK", "ACTIVE", "CONNECTIONS",
+                                "DIAL-FAILS", "CHECK-FAILS", "SENT", "RECEIVED", "LAST-CHANGE",
                                 "LAST-ERROR"]
     first = lines[1].split()
-    assert first[:6] == ["127.0.0.1:2379", "up", "2", "17", "0", "0"]
-    assert " ".join(first[6:10]) == "1.2 MiB 512 B"
-    assert first[10:] == ["0s", "ago", "-"]
+    assert first[:7] == ["127.0.0.1:2379", "up", "etcd", "2", "17", "0", "0"]
+    assert " ".join(first[7:11]) == "1.2 MiB 512 B"
+    assert first[11:] == ["0s", "ago", "-"]
     second = lines[2]
     assert second.startswith("127.0.0.1:22379") and " down " in second
     assert second.endswith("connection refused")
     assert lines[3].startswith("1 of 2 endpoints up; gateway healthy")
+
+
+def test_status_shows_a_learner_and_the_alarms_a_member_reports(gateway):
+    a, b = gateway.slots
+    gateway.table.set_role(b, MemberRole.LEARNER)
+    gateway.table.set_alarms(a, MemberAlarm.NOSPACE)
+    code, out, _ = run_status(["--metrics-addr", gateway.addr])
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
+    assert rows["127.0.0.1:22379"][1:3] == ["learner", "etcd"]
+    assert rows["127.0.0.1:2379"][1] == "up,NOSPACE"
+    assert code == 0 and out.splitlines()[-1].startswith("1 of 2 endpoints up")
 
 
 def test_status_exits_1_when_every_endpoint_is_down(gateway):

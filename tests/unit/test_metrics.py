@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import __version__
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, DIAL_BUCKETS,
-                            G_ACCEPTED, G_REJECTED, GATEWAY, Endpoint, HealthTable)
+                            G_ACCEPTED, G_REJECTED, GATEWAY, CheckKind, Endpoint,
+                            HealthTable, MemberAlarm, MemberRole)
 from gateway.metrics import (JSON_TYPE, PROMETHEUS_TYPE, GatewayInfo, MetricsApp,
                              escape_label, format_value, rfc3339)
 
@@ -56,6 +57,9 @@ class Gateway:
             Endpoint(f"member{i}", socket.AF_INET, "127.0.0.1", port)
             for i, port in enumerate(PORTS)])
         self.slots = {e.endpoint.address: e.slot for e in roster}
+        for entry in roster:  # as the master's first etcd checks leave them
+            self.table.set_role(entry.slot, MemberRole.VOTER)
+            self.table.set_check_kind(entry.slot, CheckKind.ETCD)
         self.w0 = self.table.claim_worker_slot(os.getpid())
         self.w1 = self.table.claim_worker_slot(os.getpid())
         self.reloads = 3
@@ -278,7 +282,8 @@ def test_label_values_are_escaped():
 
 
 def test_ipv6_endpoint_label(gw):
-    gw.table.publish([Endpoint("v6", socket.AF_INET6, "::1", 2379)])
+    slot = gw.table.publish([Endpoint("v6", socket.AF_INET6, "::1", 2379)])[0].slot
+    gw.table.set_role(slot, MemberRole.VOTER)
     samples = gw.scrape()
     assert samples[("etcd_gateway_endpoint_up", (("endpoint", "[::1]:2379"),))] == 1
 
@@ -322,7 +327,8 @@ def test_endpoints_lists_every_roster_entry(gw):
     assert list(rows) == [f"127.0.0.1:{p}" for p in PORTS]
     first = rows[f"127.0.0.1:{a}"]
     assert first == {
-        "endpoint": "127.0.0.1:2379", "label": "member0", "state": "up", "priority": 0,
+        "endpoint": "127.0.0.1:2379", "label": "member0", "state": "up", "role": "voter",
+        "check": "etcd", "alarms": [], "priority": 0,
         "weight": 0, "active_connections": 2, "connections_total": 6,
         "dial_failures_total": 0, "health_check_failures_total": 0,
         "sent_bytes_total": 100, "received_bytes_total": 200, "last_error": "",
@@ -347,3 +353,35 @@ def test_other_paths_and_methods(gw):
     assert gw.app.handle("GET", "/")[0] == 404
     assert gw.app.handle("HEAD", "/metrics")[0] == 200
     assert gw.app.handle("POST", "/metrics")[0] == 405
+
+
+# -- member roles and alarms ---------------------------------------------------------
+def test_a_learner_is_shown_as_learner_and_not_up(gw):
+    learner = gw.slot(PORTS[1])
+    gw.table.set_role(learner, MemberRole.LEARNER)
+    rows = {r["endpoint"]: r for r in json.loads(gw.app.handle("GET", "/endpoints")[2])}
+    row = rows[f"127.0.0.1:{PORTS[1]}"]
+    assert (row["state"], row["role"]) == ("learner", "learner")
+    samples = gw.scrape()
+    assert samples[ep_key("etcd_gateway_endpoint_up", PORTS[1])] == 0
+    assert samples[ep_key("etcd_gateway_endpoint_learner", PORTS[1])] == 1
+    assert samples[ep_key("etcd_gateway_endpoint_learner", PORTS[0])] == 0
+    assert samples[ep_key("etcd_gateway_endpoint_state", PORTS[1], state="learner")] == 1
+    assert samples[ep_key("etcd_gateway_endpoint_state", PORTS[1], state="up")] == 0
+
+
+def test_health_counts_only_members_in_rotation(gw):
+    gw.table.set_role(gw.slot(PORTS[0]), MemberRole.LEARNER)
+    gw.table.mark_down(gw.slot(PORTS[1]), "refused")
+    gw.table.set_role(gw.slot(PORTS[2]), MemberRole.UNCHECKED)
+    status, _, body = gw.app.handle("GET", "/health")
+    assert status == 503 and json.loads(body)["endpoints_up"] == 0
+
+
+def test_an_alarm_is_listed_and_exported(gw):
+    gw.table.set_alarms(gw.slot(PORTS[0]), MemberAlarm.NOSPACE)
+    rows = json.loads(gw.app.handle("GET", "/endpoints")[2])
+    assert rows[0]["alarms"] == ["NOSPACE"] and rows[0]["state"] == "up"
+    samples = gw.scrape()
+    assert samples[ep_key("etcd_gateway_endpoint_alarm", PORTS[0], alarm="NOSPACE")] == 1
+    assert samples[ep_key("etcd_gateway_endpoint_alarm", PORTS[0], alarm="CORRUPT")] == 0
