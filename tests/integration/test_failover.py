@@ -84,7 +84,8 @@ def test_a_member_that_returns_is_probed_and_readmitted(gateway_factory):
     with EchoServer() as steady:
         port = free_port()
         returning = f"127.0.0.1:{port}"
-        gw = start(gateway_factory, [returning, steady.addr], "--retry-delay=1s")
+        gw = start(gateway_factory, [returning, steady.addr], "--retry-delay=1s",
+                   "--health-check=tcp")  # echo servers, not etcd
         for _ in range(4):
             assert echo_once(gw.addr) == b"ping"
         gw.wait_log("deactivated endpoint", 5, predicate=lambda e: e["address"] == returning)

@@ -109,7 +109,8 @@ def test_byte_counters_are_current_for_a_long_lived_connection(gateway_factory):
 def test_endpoint_up_falls_to_0_for_a_dead_endpoint(gateway_factory):
     with EchoServer() as echo:
         dead = dead_addr()
-        gw = start(gateway_factory, [dead, echo.addr], "--health-check-interval=200ms")
+        gw = start(gateway_factory, [dead, echo.addr], "--health-check=tcp",
+                   "--health-check-interval=200ms")
         wait_until(lambda: value(gw, "etcd_gateway_endpoint_up", endpoint=dead) == 0, 5,
                    "the dead endpoint stays up")
         assert value(gw, "etcd_gateway_endpoint_up", endpoint=echo.addr) == 1
@@ -119,7 +120,8 @@ def test_endpoint_up_falls_to_0_for_a_dead_endpoint(gateway_factory):
 
 def test_health_is_503_when_every_endpoint_is_down(gateway_factory):
     with EchoServer() as echo:
-        gw = start(gateway_factory, [echo.addr], "--health-check-interval=200ms",
+        gw = start(gateway_factory, [echo.addr], "--health-check=tcp",
+                   "--health-check-interval=200ms",
                    "--retry-delay=1m")
         status, body = get(gw, "/health")
         assert status == 200 and json.loads(body)["health"] == "true"
