@@ -303,7 +303,8 @@ def test_a_client_that_is_not_tls_is_closed_and_counted(pki, gateway_factory):
     with EchoServer() as echo:
         gw = start(gateway_factory, ["--endpoints", echo.addr, "--cert-file",
                                      pki.gateway.cert, "--key-file", pki.gateway.key,
-                                     "--workers", "1"])
+                                     "--workers", "1",
+                                     "--health-check", "none"])  # only clients reach it
         with socket.create_connection(sockaddr(gw.addr), timeout=10) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             try:
