@@ -794,6 +794,7 @@ class Arbiter:
         if set(before.values()) == set(endpoints) and self.table.policy == policy:
             return
         entries = self.table.publish(endpoints, policy)
+        self.checker.show_kinds()  # new members' roles: unknown at once where no check sees them
         wanted = {ep.sockaddr for ep in endpoints}
         added = [e for e in entries if e.endpoint.sockaddr not in before]
         removed = [ep for sockaddr, ep in before.items() if sockaddr not in wanted]

@@ -297,6 +297,13 @@ class Checker:
             state = self._states[entry.slot] = _SlotState(key)
         return state
 
+    def show_kinds(self) -> None:
+        """Right after a publish: say which check runs for each member, so that where
+        no check can see roles (tcp, none, TLS passed through) a new member is not left
+        waiting as `unchecked` until the next tick."""
+        for entry in self.table.roster():
+            self._show_kind(entry, self._kind_for(self._state_for(entry)))
+
     def _kind_for(self, state: _SlotState) -> CheckKind:
         mode = self.policy.mode
         if mode == CheckMode.NONE:
