@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.checks import Checker, CheckPolicy
+from gateway.checks import Checker, CheckMode, CheckPolicy
 from gateway.endpoints import Endpoint
 from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable
 from gateway.loop import Loop
@@ -28,7 +28,7 @@ class Rig:
         self.table = HealthTable(max_endpoints=max_endpoints)
         self.slot = self.table.publish([_endpoint(p) for p in ports])[0].slot
         self.checker = Checker(self.loop, self.table, CheckPolicy(
-            mode="tcp", interval=interval, fall=2, rise=2, dial_timeout=1.0,
+            mode=CheckMode.TCP, interval=interval, fall=2, rise=2, dial_timeout=1.0,
             retry_delay=retry_delay))
 
     def failures(self) -> int:
