@@ -3,7 +3,8 @@
 design: `TlsOptions` is the value the options describe (which files, which roles);
 `load(options)` reads every file once and returns a `Material` (the contexts and what
 the certificates say) or raises ConfigError with one line naming the option, the file
-and the problem: missing or unreadable, not PEM, a key that does not match its
+and the problem: missing, unreadable or not a regular file (OpenSSL's blocking open of
+a FIFO would hang the caller), not PEM, a key that does not match its
 certificate, an expired certificate. The master loads at start (before anything binds)
 and on SIGHUP or when `signature()` (the files' inode, size and mtime) changes; a
 failed load keeps the material in use. Workers receive the master's material through
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,9 +193,18 @@ def _base_context(protocol: int) -> ssl.SSLContext:
 
 
 def _readable(option: str, path: str) -> None:
+    """Refuse a file that cannot be read, or that is not a regular file: OpenSSL opens
+    the path itself, with a blocking open, and a FIFO there would hang the process
+    (the master's loop, for good) until a writer comes. Opened non-blocking, so the
+    check itself cannot hang."""
     try:
-        with open(path, "rb") as f:
-            f.read(1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"option --{option}: {path!r} is not a regular file")
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigError(f"option --{option}: cannot read {path!r}: "
                           f"{exc.strerror or exc}") from None

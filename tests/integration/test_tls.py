@@ -416,6 +416,26 @@ def test_a_bad_file_at_reload_keeps_the_certificate_in_use(pki, gateway_factory,
         assert gw.count_log("TLS files changed but cannot be used; keeping the ones in use") == 1
 
 
+def test_a_tls_file_that_becomes_a_fifo_is_refused_and_the_master_still_obeys_sigterm(
+        pki, gateway_factory, tmp_path):
+    rot = _Rotation(pki, tmp_path)
+    with EchoServer() as echo:
+        gw = start(gateway_factory, ["--endpoints", echo.addr, "--cert-file", rot.cert,
+                                     "--key-file", rot.key, "--tls-reload-interval",
+                                     "300ms", "--workers", "1"])
+        os.remove(rot.cert)
+        os.mkfifo(rot.cert)  # nobody ever writes to it: a blocking open never returns
+        entry = gw.wait_log("TLS files changed but cannot be used; keeping the ones in use",
+                            10)
+        assert "--cert-file" in entry["error"] and "not a regular file" in entry["error"]
+        gw.signal(signal.SIGHUP)
+        failed = gw.wait_log("reload failed; keeping the running configuration", 10)
+        assert "not a regular file" in failed["error"]
+        assert pki_support.presented_serial(gw.addr, pki.ca.cert) == rot.first
+        gw.signal(signal.SIGTERM)
+        assert gw.wait(15) == 0
+
+
 # -- bad input ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bad_files(pki, tmp_path_factory):
@@ -507,3 +527,4 @@ def _recv_exactly(sock, n: int) -> bytes:
             break
         data += chunk
     return data
+
