@@ -605,6 +605,7 @@ class Arbiter:
         # literals and the addresses the names still configured have
         endpoints = None if new.discovery_srv else discovery.provisional(
             new, self.table.roster())
+        _refuse_tls_switch_without_members(new, self.tls.options, tls_options, endpoints)
         gwconfig.check_log_file(new.log_file)
         plan = _ReloadPlan(new, endpoints)
         plan.tls, plan.tls_signature = tls_material, tls_signature
@@ -846,6 +847,28 @@ assert set(_SIGNAL_HANDLERS) == set(HANDLED), "every handled signal has its hand
 
 _BALANCES = {"round-robin": Balance.ROUND_ROBIN,
              "least-connections": Balance.LEAST_CONNECTIONS}
+
+
+def _refuse_tls_switch_without_members(new: gwconfig.Config, running: gwtls.TlsOptions,
+                                       wanted: gwtls.TlsOptions,
+                                       endpoints: list | None) -> None:
+    """Whether members are dialled with TLS is one mode for the whole roster: a reload
+    that switches it must replace the roster at once. When none of the new members is
+    known yet (names and SRV records are looked up later, in a child), the running
+    members would stay and be dialled in the new mode (TLS to a plain member, or plain
+    to a TLS one): such a reload is refused whole, with one line."""
+    if running.originate == wanted.originate or endpoints:
+        return
+    to, frm = ("TLS", "plain") if wanted.originate else ("plain", "TLS")
+    if new.discovery_srv:
+        option, later, other = "discovery-srv-tls", "SRV records are", "restart the gateway"
+    else:
+        option, later = "endpoints", "names are"
+        other = "restart the gateway, or name a new member by its IP address"
+    raise gwconfig.ConfigError(
+        f"option --{option}: the reload switches members from {frm} to {to}, but no new "
+        f"member is known yet ({later} looked up later) and the running {frm} members "
+        f"cannot be dialled as {to}: {other}")
 
 
 def _named(ep: Endpoint) -> str:

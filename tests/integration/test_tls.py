@@ -21,12 +21,13 @@ import urllib.request
 import pytest
 
 from tests.support import tls as pki_support
-from tests.support.clients import wait_until
+from tests.support.clients import echo_once, wait_until
 from tests.support.dns import Dnsmasq
 from tests.support.echo import EchoServer
 from tests.support.etcd_cluster import EtcdCluster, MemberTls
 from tests.support.gateway_proc import run_gateway
 from tests.support.ports import free_port
+from tests.support.resolv import PrivateResolution
 
 pytestmark = pytest.mark.integration
 
@@ -414,6 +415,30 @@ def test_a_bad_file_at_reload_keeps_the_certificate_in_use(pki, gateway_factory,
         assert "--cert-file" in failed["error"]
         assert pki_support.presented_serial(gw.addr, pki.ca.cert) == rot.first
         assert gw.count_log("TLS files changed but cannot be used; keeping the ones in use") == 1
+
+
+def test_a_reload_to_tls_members_not_known_yet_is_refused_and_plain_ones_keep_serving(
+        pki, gateway_factory, tmp_path):
+    """Plain members, then a reload to https:// names that do not resolve yet: the
+    running members would be dialled with TLS, so the reload is refused whole."""
+    with EchoServer() as echo, PrivateResolution(tmp_path / "resolution") as resolution:
+        name = resolution.name("newmember")
+        conf = tmp_path / "gateway.conf"
+        conf.write_text(f"endpoints = {echo.addr}\n")
+        addr = f"127.0.0.1:{free_port()}"
+        gw = gateway_factory(["-c", str(conf), "--listen-addr", addr, "--workers", "1"],
+                             prefix=resolution.prefix())
+        assert echo_once(addr, b"before") == b"before"
+        conf.write_text(f"endpoints = https://{name}:{free_port()}\n"
+                        f"cacert = {pki.ca.cert}\n")
+        gw.signal(signal.SIGHUP)
+        failed = gw.wait_log("reload failed; keeping the running configuration", 10)
+        assert "--endpoints" in failed["error"] and "plain to TLS" in failed["error"]
+        for i in range(4):
+            payload = f"after {i}".encode()
+            assert echo_once(addr, payload) == payload
+        assert gw.find_logs("deactivated endpoint") == []
+        assert gw.count_log("reloaded") == 0
 
 
 def test_a_tls_file_that_becomes_a_fifo_is_refused_and_the_master_still_obeys_sigterm(
