@@ -365,7 +365,7 @@ class Session:
             self._drain(d)
             if d.pending:
                 return  # destination full: keep the channel, wait for WRITE
-            if n < size:
+            if n < size and (rleg is None or not rleg.failed):
                 break  # a short read emptied the socket: epoll says when there is more
             if size < self.pool.bulk_size:
                 chan.grow(self.pool.bulk_size)  # it filled the pipe: a bulk direction

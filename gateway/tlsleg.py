@@ -7,8 +7,13 @@ TLS records: `read_into` fills it with as many whole records as are available (l
 reads; never less than a record's room, so OpenSSL is left holding no decrypted bytes
 the poller could not announce), `write_from` encrypts from it. "Nothing now" is
 `BlockingIOError`, as for a plain socket, so the session's backpressure logic is the
-same for both kinds of leg. The handshake is a step of the caller's state machine:
-`handshake()` answers 0 (done) or the readiness it waits for.
+same for both kinds of leg. An error met after some bytes in the same `read_into` is held
+and raised at the next call, so those bytes are relayed first. A leg half-closes with a
+bare FIN (see `shutdown_write`); a peer on OpenSSL 3 answers that with a fatal alert
+after its last data, so an alert read once our FIN is out ends the peer's stream as an
+EOF (the client gets every byte and a FIN), not a reset. The handshake is a step of
+the caller's state machine: `handshake()` answers 0 (done) or the readiness it waits
+for.
 
 `failure_reason(exc)` sorts a failed handshake into a few stable reasons for metrics
 (the full OpenSSL text goes to the debug log).
@@ -33,11 +38,13 @@ REASONS = ("certificate", "no-certificate", "protocol", "timeout", "closed", "ot
 
 class TlsLeg:
     """A connected, non-blocking socket wrapped in TLS; owns the socket."""
-    __slots__ = ("sock", "fd")
+    __slots__ = ("sock", "fd", "_failure", "_fin_sent")
 
     def __init__(self, sock: ssl.SSLSocket):
         self.sock = sock
         self.fd = sock.fileno()
+        self._failure: OSError | None = None  # met after bytes read: raised next call
+        self._fin_sent = False
 
     @classmethod
     def client(cls, ctx: ssl.SSLContext, sock: socket.socket, server_name: str) -> "TlsLeg":
@@ -64,13 +71,23 @@ class TlsLeg:
         return 0
 
     @property
+    def failed(self) -> bool:
+        """An error is held back for the next `read_into` (bytes came before it)."""
+        return self._failure is not None
+
+    @property
     def protocol(self) -> str | None:
         """The ALPN protocol negotiated, if any."""
         return self.sock.selected_alpn_protocol()
 
     def read_into(self, chan) -> int:
         """Fill `chan` (a CopyChannel) with whole records; 0 at EOF; BlockingIOError
-        when nothing is there."""
+        when nothing is there. An error (ssl.SSLError, OSError) met after some bytes
+        were read in the same call is raised at the next call: those bytes are
+        returned first, so they are relayed before the session ends."""
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         view, size, recv = chan.view, chan.size, self.sock.recv_into
         chan.start = 0
         got = 0
@@ -82,6 +99,14 @@ class TlsLeg:
                 break
             except ssl.SSLZeroReturnError:  # close_notify after ours: OpenSSL raises
                 n = 0
+            except OSError as exc:  # ssl.SSLError is one
+                if self._fin_sent and _is_alert(exc):
+                    eof = True  # the peer's answer to our bare FIN: it sent all it will
+                    break
+                if not got:
+                    raise
+                self._failure = exc
+                break
             if n == 0:
                 eof = True  # close_notify or a bare FIN: reported now or at the next call
                 break
@@ -113,6 +138,7 @@ class TlsLeg:
             except (ssl.SSLError, OSError, AttributeError):
                 pass
         shutdown_write(self.fd)  # on the fd: SSLSocket.shutdown() would drop the TLS state
+        self._fin_sent = True
 
     def close(self, reset: bool = False) -> None:
         if reset:
@@ -121,6 +147,12 @@ class TlsLeg:
             except OSError:
                 pass
         self.sock.close()
+
+
+def _is_alert(exc: OSError) -> bool:
+    """A fatal alert the peer sent: OpenSSL 3 peers answer a FIN without close_notify
+    with one ("decode error"), after the last of their data."""
+    return isinstance(exc, ssl.SSLError) and "ALERT" in str(getattr(exc, "reason", "") or "")
 
 
 def server_name(label: str) -> str:

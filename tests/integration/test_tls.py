@@ -15,6 +15,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -167,6 +168,29 @@ def test_a_large_value_crosses_both_tls_legs_intact(pki, tls_cluster, gateway_fa
     got = etcdctl("get", "/tls/large", "--print-value-only", endpoint=f"https://{gw.addr}",
                   tls=client_tls)
     assert got.stdout.strip() == value
+
+
+def test_an_upload_half_closed_through_a_tls_member_comes_back_whole(pki, gateway_factory):
+    """5 MB to an OpenSSL TLS echo member, then SHUT_WR: every byte echoed comes back
+    before the end, whatever the member's TLS stack says about the gateway's FIN."""
+    payload = bytes(range(256)) * (5 * 1024 * 1024 // 256)
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        member = threading.Thread(target=_tls_echo_one, args=(pki, lsock), daemon=True)
+        member.start()
+        addr = f"127.0.0.1:{lsock.getsockname()[1]}"
+        gw = start(gateway_factory, ["--endpoints", f"https://{addr}", "--cacert",
+                                     pki.ca.cert, "--workers", "1", "--health-check",
+                                     "none"], metrics=False)
+        got = bytearray()
+        with socket.create_connection(sockaddr(gw.addr), timeout=20) as sock:
+            reader = threading.Thread(target=_read_to_end, args=(sock, got))
+            reader.start()
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            reader.join(30)
+        member.join(10)
+        assert not reader.is_alive()
+        assert len(got) == len(payload) and bytes(got) == payload
 
 
 def test_a_member_signed_by_another_ca_is_refused(pki, tls_cluster, gateway_factory):
@@ -553,3 +577,27 @@ def _recv_exactly(sock, n: int) -> bytes:
         data += chunk
     return data
 
+
+def _read_to_end(sock, into: bytearray) -> None:
+    """Read until EOF (or a reset, which leaves `into` short)."""
+    try:
+        while data := sock.recv(65536):
+            into.extend(data)
+    except OSError:
+        pass
+
+
+def _tls_echo_one(pki, lsock: socket.socket) -> None:
+    """An echo member on Python's ssl (OpenSSL 3, which calls a FIN without close_notify
+    an error): one connection, blocking, echoing each read before the next."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.member.cert, pki.member.key)
+    lsock.settimeout(20)
+    conn, _ = lsock.accept()
+    conn.settimeout(20)
+    try:
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            while data := tls.recv(65536):
+                tls.sendall(data)
+    except OSError:  # the gateway's bare FIN: "EOF occurred in violation of protocol"
+        pass
