@@ -450,8 +450,8 @@ def test_a_reload_to_tls_members_not_known_yet_is_refused_and_plain_ones_keep_se
         conf = tmp_path / "gateway.conf"
         conf.write_text(f"endpoints = {echo.addr}\n")
         addr = f"127.0.0.1:{free_port()}"
-        gw = gateway_factory(["-c", str(conf), "--listen-addr", addr, "--workers", "1"],
-                             prefix=resolution.prefix())
+        gw = gateway_factory(["-c", str(conf), "--listen-addr", addr, "--workers", "1",
+                              "--health-check", "tcp"], prefix=resolution.prefix())
         assert echo_once(addr, b"before") == b"before"
         conf.write_text(f"endpoints = https://{name}:{free_port()}\n"
                         f"cacert = {pki.ca.cert}\n")
@@ -471,7 +471,7 @@ def test_a_tls_file_that_becomes_a_fifo_is_refused_and_the_master_still_obeys_si
     with EchoServer() as echo:
         gw = start(gateway_factory, ["--endpoints", echo.addr, "--cert-file", rot.cert,
                                      "--key-file", rot.key, "--tls-reload-interval",
-                                     "300ms", "--workers", "1"])
+                                     "300ms", "--workers", "1", "--health-check", "tcp"])
         os.remove(rot.cert)
         os.mkfifo(rot.cert)  # nobody ever writes to it: a blocking open never returns
         entry = gw.wait_log("TLS files changed but cannot be used; keeping the ones in use",
