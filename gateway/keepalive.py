@@ -10,7 +10,12 @@ restores them). The master sets them on each TCP listener before it forks worker
 and again when a reload is applied (before the new workers start), and every
 accepted socket inherits them (Linux copies them when it completes the handshake,
 which can be before any worker looks), so the client leg costs nothing per
-connection; a dialled socket has no parent to inherit from and gets them at each dial.
+connection; a dialled socket has no parent to inherit from and gets them at each dial:
+`dial_options(seconds)` is that list built once per worker (its settings), without the
+timers a new socket already has (those equal to the kernel's defaults: every timer
+with 0, TCP_KEEPCNT with the default 15 s), so a dial makes only the calls that change
+something. Listeners keep the full list: a reload back to 0 must restore the defaults
+on a socket that had other values.
 """
 from __future__ import annotations
 
@@ -38,6 +43,15 @@ def socket_options(seconds: float) -> tuple[SocketOption, ...]:
         for path, name, fallback in _SYSCTLS:
             options.append((socket.IPPROTO_TCP, getattr(socket, name), _sysctl(path, fallback)))
     return tuple(options)
+
+
+def dial_options(seconds: float) -> tuple[SocketOption, ...]:
+    """`socket_options(seconds)` for a new socket: SO_KEEPALIVE, and only the timers
+    that differ from the kernel's defaults (which a new socket has already)."""
+    defaults = {getattr(socket, name): _sysctl(path, fallback)
+                for path, name, fallback in _SYSCTLS}
+    return tuple(opt for opt in socket_options(seconds)
+                 if opt[0] != socket.IPPROTO_TCP or defaults.get(opt[1]) != opt[2])
 
 
 def apply(sock: socket.socket, options: tuple[SocketOption, ...]) -> None:

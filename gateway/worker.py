@@ -180,8 +180,8 @@ class Worker:
         self._order = Order.ROUND_ROBIN  # the roster's, as published with it
         self._sync_session = self._sync  # one bound method shared by every session
         self._debug = settings.log.debug
-        self._keepalive = keepalive.socket_options(settings.keepalive)
-        self._dial_options = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), *self._keepalive)
+        self._dial_options = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+                              *keepalive.dial_options(settings.keepalive))
         self._accepting = Accepting.NO_FDS  # until run() opens it
         self._registered = False
         self._recheck: Timer | None = None

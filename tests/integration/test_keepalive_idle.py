@@ -88,6 +88,45 @@ def test_a_reload_changes_keepalive_for_new_sessions(gateway_factory, tmp_path):
         assert all(0 < t <= 15 for t in timers)
 
 
+def setsockopts_of_a_dial(gateway_factory, tmp_path, *extra) -> list[str]:
+    """The setsockopt calls the worker makes for one session (strace attached to it)."""
+    trace = tmp_path / "strace.out"
+    with EchoServer() as echo:
+        port = free_port()
+        gw = gateway_factory([f"--endpoints={echo.addr}", f"--listen-addr=127.0.0.1:{port}",
+                              "--workers=1", "--health-check=none", *extra])
+        tracer = subprocess.Popen(["strace", "-e", "trace=setsockopt", "-o", str(trace),
+                                   "-p", str(gw.worker_pids()[0])],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert tracer.stderr is not None
+            assert "attached" in tracer.stderr.readline()  # strace says so, then traces
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                assert roundtrip(client, b"k") == b"k"   # the dial's options are set
+            wait_until(lambda: "SO_KEEPALIVE" in trace.read_text(), 10,
+                       "the dial's setsockopt calls traced")
+        finally:
+            tracer.send_signal(signal.SIGINT)  # detaches from the worker
+            tracer.wait(10)
+    return [line for line in trace.read_text().splitlines() if "setsockopt(" in line]
+
+
+def test_keepalive_0_sets_no_timer_on_a_dialled_socket(gateway_factory, tmp_path):
+    calls = setsockopts_of_a_dial(gateway_factory, tmp_path, "--keepalive=0")
+    assert any("SO_KEEPALIVE" in call for call in calls), calls
+    assert not any("TCP_KEEP" in call for call in calls), calls  # the kernel's already
+
+
+def test_a_dial_sets_only_the_timers_that_differ_from_the_kernels(gateway_factory, tmp_path):
+    with open("/proc/sys/net/ipv4/tcp_keepalive_probes") as f:
+        kernel_probes = int(f.read())
+    calls = setsockopts_of_a_dial(gateway_factory, tmp_path)  # 15 s, 9 probes
+    assert any("TCP_KEEPIDLE, [15]" in call for call in calls), calls
+    assert any("TCP_KEEPINTVL, [15]" in call for call in calls), calls
+    assert any("TCP_KEEPCNT" in call for call in calls) == (kernel_probes != 9), calls
+
+
 @pytest.mark.parametrize("value", ["500ms", "-1s", "40000s", "15"])
 def test_a_bad_keepalive_is_refused_in_one_line(value):
     result = run_gateway([f"--keepalive={value}", "--check-config"])
