@@ -18,12 +18,14 @@ Counters live in `LaneStats`, guarded by one lock per lane.
 """
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from scripts.soaklib.etcdhttp import EtcdError, KvClient, WatchStream
+from scripts.soaklib.etcdhttp import Answer, EtcdError, KvClient, WatchStream
 
 OP_BUDGET = 10.0        # seconds an operation may take, all attempts included
 ATTEMPT_TIMEOUT = 2.0   # one HTTP attempt (connect, request, answer)
@@ -87,6 +89,11 @@ class Lane:
         self.max_acked = 0                 # newest acknowledged revision of this lane
         self.watch_member_id = ""          # member serving the watch now ("" between)
 
+    def last_seen(self) -> int:
+        """The newest revision the lane's watch has delivered."""
+        with self.lock:
+            return self.stats.last_seen
+
     def note_error(self, text: str) -> None:
         with self.lock:
             self.stats.attempt_errors += 1
@@ -108,7 +115,8 @@ class Endpoints:
         self.i = (self.i + 1) % len(self.addrs)
 
 
-def _attempts(lane: Lane, eps: Endpoints, stop: threading.Event, call):  # type: ignore[no-untyped-def]
+def _attempts(lane: Lane, eps: Endpoints, stop: threading.Event,
+              call: Callable[[str], Answer]) -> Answer | None:
     """Run ``call(addr)`` until it answers or the operation budget is spent (None)."""
     deadline = time.monotonic() + OP_BUDGET
     backoff = BACKOFF_FIRST
@@ -134,8 +142,7 @@ def writer(lane: Lane, n: int, rate: float, stop: threading.Event) -> None:
             t0 = time.monotonic()
             key = lane.prefix + f"w{n}/{seq % KEYS_PER_WRITER}".encode()
             value = f"{seq}".encode()
-            answer = _attempts(lane, eps, stop,
-                               lambda addr, key=key, value=value: client.put(addr, key, value))
+            answer = _attempts(lane, eps, stop, functools.partial(client.put, key=key, value=value))
             with lane.lock:
                 if answer is None:
                     if not stop.is_set():
@@ -162,8 +169,7 @@ def reader(lane: Lane, n: int, rate: float, stop: threading.Event) -> None:
             t0 = time.monotonic()
             key = lane.prefix + f"w0/{rng.randrange(KEYS_PER_WRITER)}".encode()
             floor = lane.clock.now()
-            answer = _attempts(lane, eps, stop,
-                               lambda addr, key=key: client.get(addr, key))
+            answer = _attempts(lane, eps, stop, functools.partial(client.get, key=key))
             with lane.lock:
                 if answer is None:
                     if not stop.is_set():
@@ -258,7 +264,7 @@ class Load:
                                                start_revision, self._watch_stop))
 
     @staticmethod
-    def _thread(name: str, target, *args) -> threading.Thread:  # type: ignore[no-untyped-def]
+    def _thread(name: str, target: Callable[..., None], *args: object) -> threading.Thread:
         return threading.Thread(target=target, args=args, name=name, daemon=True)
 
     def start(self) -> None:

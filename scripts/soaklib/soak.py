@@ -154,7 +154,7 @@ class Soak:
         figures = []
         for lane in (gateway_lane, direct_lane):
             until = sentinel(members, lane.prefix, timeout=30)
-            if not wait_caught_up(lambda lane=lane: lane.stats.last_seen, until, timeout=30):
+            if not wait_caught_up(lane.last_seen, until, timeout=30):
                 problems.append(f"the {lane.name} lane's watch did not reach revision "
                                 f"{until} within 30 s (at {lane.stats.last_seen})")
             owed = history(members, lane.prefix, start_revision, until, timeout=30)

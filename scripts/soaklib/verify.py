@@ -9,6 +9,7 @@ was owed to the lane's watcher; every put a writer saw acknowledged must be in i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from scripts.soaklib.etcdhttp import EtcdError, KvClient, WatchStream
 
@@ -64,7 +65,7 @@ def history(addrs: list[str], prefix: bytes, start_revision: int, until: int,
                        f"(reached {last}): {errors[-1:]}")
 
 
-def wait_caught_up(last_seen, until: int, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+def wait_caught_up(last_seen: Callable[[], int], until: int, timeout: float) -> bool:
     """Wait until ``last_seen()`` reaches ``until``; False after ``timeout``."""
     deadline = time.monotonic() + timeout
     while last_seen() < until:
