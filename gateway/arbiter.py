@@ -6,7 +6,9 @@ reality match it (gunicorn's arbiter). The master never accepts or touches a cli
 socket; it forks workers, reaps and replaces them, probes members marked down, and
 re-reads its configuration on SIGHUP. Endpoint lookups after start (SRV records, host
 names in --endpoints) run in a child (gateway/resolver.py); `_publish_roster` is the one
-place a new roster reaches the table while running, and it logs what changed.
+place a new roster reaches the table while running, and it logs what changed. Every
+child is reaped: a worker is replaced, a lookup child is the resolver's, and a child
+the master did not start is logged.
 
 TLS files (gateway/tls.py) are loaded before anything binds, again on SIGHUP, and
 whenever their signature (inode, size, mtime) changed at a `--tls-reload-interval`

@@ -1,7 +1,8 @@
 """A tiny non-blocking HTTP/1.1 server for /metrics, /health and /endpoints.
 
 design: it runs on the master's own `Loop` (no threads): one request per connection,
-then `Connection: close`. Everything is bounded so a scraper cannot hurt the master:
+then `Connection: close`. It accepts through the workers' accept loop (accept.py).
+Everything is bounded so a scraper cannot hurt the master:
 at most `max_connections` open at once (extra ones are closed at accept), a request head
 of at most `max_head` bytes (else 431), and `timeout` seconds per connection from
 accept to close (a monotonic `call_later` timer). The handler is a plain function
