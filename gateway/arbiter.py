@@ -107,6 +107,7 @@ class Arbiter:
         self._tls_signature: tuple = ()
         self._tls_failed_signature: tuple | None = None
         self._tls_timer: Timer | None = None
+        self._listens: discovery.Listens = []  # resolved at start, kept by reloads
         self.checker = Checker(self.loop, self.table, _check_policy(self.config))
         self.desired_workers = self.config.workers
         self._deaths: collections.deque[float] = collections.deque()
@@ -148,6 +149,7 @@ class Arbiter:
         except discovery.DiscoveryError as exc:
             raise FatalError(str(exc)) from None
         endpoints = roster.endpoints
+        self._listens = discovery.listens_at_start(self.config)
         self.listeners = self._open_listeners()
         self._set_listener_keepalive(self.config.keepalive)
         try:
@@ -605,11 +607,15 @@ class Arbiter:
         tls_material = gwtls.load(tls_options)  # SIGHUP re-reads every TLS file
         # names and SRV records are looked up later, in a child: for now the IP
         # literals and the addresses the names still configured have
+        listens = discovery.listens_for_reload(new, self._listens)  # no DNS query here
+        if new.metrics_addr is not None and new.metrics_addr != self.config.metrics_addr:
+            discovery.refuse_new_name("metrics-addr", new.metrics_addr)
         endpoints = None if new.discovery_srv else discovery.provisional(
-            new, self.table.roster())
+            new, self.table.roster(), listens)
         _refuse_tls_switch_without_members(new, self.tls.options, tls_options, endpoints)
         gwconfig.check_log_file(new.log_file)
         plan = _ReloadPlan(new, endpoints)
+        plan.listens = listens
         plan.tls, plan.tls_signature = tls_material, tls_signature
         old = self.config
         try:
@@ -640,6 +646,7 @@ class Arbiter:
         self.reloads += 1
         old_addresses = [e.endpoint.address for e in self.table.roster()]
         self.config = new
+        self._listens = plan.listens
         if plan.endpoints:  # empty: only new names, published when they resolve
             self._publish_roster(plan.endpoints, order_for(new.discovery_srv), "SIGHUP")
         self._set_load_policy(new)
@@ -826,6 +833,7 @@ class _ReloadPlan:
         self.http_changed = False
         self.tls: gwtls.Material | None = None
         self.tls_signature: tuple = ()
+        self.listens: discovery.Listens = []  # the TCP listen addresses, resolved
 
     def discard(self, close_listener: Callable[[listeners.Listener], None]) -> None:
         """Close what was opened for a plan that will not be applied."""

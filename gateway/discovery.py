@@ -9,6 +9,10 @@ up again. SRV discovery is in gateway/srv.py. Lookups run synchronously only at 
 (before any worker exists; a name that does not resolve is a ConfigError, SRV that
 finds nothing a DiscoveryError); while running, `lookup` runs in a child and a name
 that stops resolving keeps the addresses it had (`known`), never an empty roster.
+The TCP listen addresses (what a self-loop is judged against) are resolved once at
+start (`listens_at_start`); a reload reuses them and parses literals, and refuses a
+listen or metrics host name it brings (`listens_for_reload`, `refuse_new_name`): the
+master's loop never waits on DNS.
 Static endpoints are chosen by plain round robin, SRV ones by RFC 2782. An endpoint
 that would reach the gateway's own listener is refused at start and dropped later
 (the original's self-loop check, extended to wildcard listeners). The roster holds
@@ -202,11 +206,15 @@ def known_addresses(roster: list[RosterEntry]) -> dict[str, list[Endpoint]]:
     return out
 
 
-def provisional(config: Config, roster: list[RosterEntry]) -> list[Endpoint]:
+Listens = list[tuple[addresses.HostPort, list[addresses.Resolved]]]
+
+
+def provisional(config: Config, roster: list[RosterEntry],
+                listens: Listens) -> list[Endpoint]:
     """A reload's roster before its lookup answers (nothing is resolved here): the IP
-    literals, and the addresses the names still configured have now. ConfigError for
-    a literal that is the gateway's own listen address."""
-    listens = _listen_resolved(config)
+    literals, and the addresses the names still configured have now. `listens`: the
+    reload's listen addresses (`listens_for_reload`). ConfigError for a literal that is
+    the gateway's own listen address."""
     known = known_addresses(roster)
     groups: list[tuple[str, list[addresses.Resolved]]] = []
     for hp in config.endpoints:
@@ -260,15 +268,48 @@ def discover_srv(config: Config) -> srv.Discovery:
     return found
 
 
-def _listen_resolved(config: Config) -> list[tuple[addresses.HostPort, list[addresses.Resolved]]]:
+def _listen_resolved(config: Config) -> Listens:
     """Each TCP listen address with what it binds (a unix socket cannot be dialled)."""
+    return [(listen, _bound_by(listen))
+            for listen in addresses.tcp_listen_addrs(config.listen_addr)]
+
+
+def _bound_by(listen: addresses.HostPort) -> list[addresses.Resolved]:
+    try:
+        return addresses.resolve(listen, passive=True)
+    except (OSError, UnicodeError):
+        return []
+
+
+def listens_at_start(config: Config) -> Listens:
+    """The TCP listen addresses resolved once, at start (may wait on DNS: no worker
+    exists yet); the master keeps them for its reloads."""
+    return _listen_resolved(config)
+
+
+def listens_for_reload(config: Config, known: Listens) -> Listens:
+    """A reload's TCP listen addresses without a DNS query on the master's loop (a slow
+    resolver would stall checks, watchdog and metrics): an address listened on before
+    keeps what it resolved to, an IP literal or a wildcard is parsed, and a host name
+    not listened on before is a ConfigError (restart to listen on a new name)."""
+    before = dict(known)
     out = []
     for listen in addresses.tcp_listen_addrs(config.listen_addr):
-        try:
-            out.append((listen, addresses.resolve(listen, passive=True)))
-        except (OSError, UnicodeError):
-            out.append((listen, []))
+        if listen in before:
+            out.append((listen, before[listen]))
+            continue
+        refuse_new_name("listen-addr", listen)
+        out.append((listen, _bound_by(listen)))
     return out
+
+
+def refuse_new_name(option: str, hp: addresses.HostPort) -> None:
+    """ConfigError when a reload brings `hp` with a host name to bind (see
+    `listens_for_reload`): the master does not look names up while running."""
+    if hp.host not in ("", "::") and is_name(hp):
+        raise ConfigError(f"option --{option}: {str(hp)!r} is a host name new to this "
+                          "reload, and the master does not look names up while running: "
+                          "give an IP address, or restart the gateway")
 
 
 def _own_listener(listens: list[tuple[addresses.HostPort, list[addresses.Resolved]]],

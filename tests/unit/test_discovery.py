@@ -81,14 +81,30 @@ def test_a_reload_keeps_the_addresses_of_names_still_configured_until_its_lookup
     roster = [RosterEntry(0, Endpoint("db.test:2379", socket.AF_INET, "127.0.0.5", 2379)),
               RosterEntry(1, Endpoint("gone.test:2379", socket.AF_INET, "127.0.0.6", 2379))]
     c = load("--endpoints", "db.test:2379,new.test:2379,127.0.0.8:2379")
-    assert [(e.label, e.ip) for e in discovery.provisional(c, roster)] == [
+    assert [(e.label, e.ip) for e in discovery.provisional(
+        c, roster, discovery.listens_at_start(c))] == [
         ("db.test:2379", "127.0.0.5"), ("127.0.0.8:2379", "127.0.0.8")]
 
 
 def test_a_reload_refuses_a_literal_that_is_the_listen_address():
     c = load("--endpoints", "127.0.0.1:23790")
     with pytest.raises(config.ConfigError, match="relay to itself"):
-        discovery.provisional(c, [])
+        discovery.provisional(c, [], discovery.listens_at_start(c))
+
+
+def test_a_reload_reuses_the_listen_addresses_it_knows_and_parses_literals():
+    c = load("--listen-addr", "gw.test:23790,127.0.0.2:23791,unix:///tmp/gw.sock")
+    known_listen = c.listen_addr[0]
+    kept = [Resolved(socket.AF_INET, ("127.0.0.9", 23790))]
+    assert discovery.listens_for_reload(c, [(known_listen, kept)]) == [
+        (known_listen, kept),
+        (c.listen_addr[1], [Resolved(socket.AF_INET, ("127.0.0.2", 23791))])]
+
+
+def test_a_reload_refuses_a_listen_name_it_does_not_know():
+    c = load("--listen-addr", "new.test:23790")
+    with pytest.raises(config.ConfigError, match="--listen-addr.*new.test:23790.*host name"):
+        discovery.listens_for_reload(c, [])
 
 
 def test_past_the_table_capacity_every_name_keeps_a_share():
