@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.support import syscalls
 from tests.support.clients import roundtrip, wait_until
 from tests.support.echo import EchoServer
 from tests.support.gateway_proc import run_gateway
@@ -95,21 +96,12 @@ def setsockopts_of_a_dial(gateway_factory, tmp_path, *extra) -> list[str]:
         port = free_port()
         gw = gateway_factory([f"--endpoints={echo.addr}", f"--listen-addr=127.0.0.1:{port}",
                               "--workers=1", "--health-check=none", *extra])
-        tracer = subprocess.Popen(["strace", "-e", "trace=setsockopt", "-o", str(trace),
-                                   "-p", str(gw.worker_pids()[0])],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
-        try:
-            assert tracer.stderr is not None
-            assert "attached" in tracer.stderr.readline()  # strace says so, then traces
+        with syscalls.traced(gw.worker_pids()[0], "setsockopt", trace):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
                 assert roundtrip(client, b"k") == b"k"   # the dial's options are set
             wait_until(lambda: "SO_KEEPALIVE" in trace.read_text(), 10,
                        "the dial's setsockopt calls traced")
-        finally:
-            tracer.send_signal(signal.SIGINT)  # detaches from the worker
-            tracer.wait(10)
-    return [line for line in trace.read_text().splitlines() if "setsockopt(" in line]
+    return syscalls.lines(trace, "setsockopt(")
 
 
 def test_keepalive_0_sets_no_timer_on_a_dialled_socket(gateway_factory, tmp_path):
