@@ -81,7 +81,9 @@ from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 CLIENT_HELLO_TIMEOUT = 10.0  # seconds for a client's TLS handshake, or its first bytes
 MIN_DIAL = 0.1           # the shortest dial of a later round (see _dial_bound)
 SUSPECT_FRACTION = 0.25  # of the dial timeout: see Worker._suspect_after
-SNIFF_RETRY = 0.005      # seconds between looks at a client's first bytes, once some came
+SNIFF_RETRY = 0.005      # seconds before the first look again at a partial first word,
+SNIFF_RETRY_MAX = 0.5    # doubled at each look up to this (a client that stalls there
+                         # costs a few looks, not one every 5 ms until its timeout)
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
 _ONE = b"\x01\0\0\0"   # FIONBIO argument: non-blocking on
@@ -129,7 +131,7 @@ class Dial:
     the attempt under way; `ctls`/`utls` are its TLS legs once they exist."""
     __slots__ = ("client", "peer", "candidates", "next", "sock", "entry", "timer",
                  "started", "phase", "ctls", "utls", "cmask", "umask", "protocol",
-                 "deadline", "busy", "rounds")
+                 "deadline", "busy", "rounds", "sniff_wait")
 
     def __init__(self, client: int, peer: tuple | str, phase: DialPhase):
         self.client = client
@@ -148,6 +150,7 @@ class Dial:
         self.protocol = gwtls.HTTP11  # the ALPN the member leg offers (originating)
         self.deadline = 0.0     # monotonic: no new round of dials after this
         self.busy = False       # a connect of this round timed out (rather than refused)
+        self.sniff_wait = 0.0   # seconds until the next look at a partial first word
         self.rounds = 0
 
 
@@ -527,7 +530,10 @@ class Worker:
                 # in the socket (peeked), so a level-triggered READ would fire at once
                 # again: look again a moment later instead
                 self._watch_client(dial, 0)
-                self.loop.call_later(SNIFF_RETRY, functools.partial(self._sniff_again, dial))
+                dial.sniff_wait = (min(dial.sniff_wait * 2, SNIFF_RETRY_MAX)
+                                   if dial.sniff_wait else SNIFF_RETRY)
+                self.loop.call_later(dial.sniff_wait,
+                                     functools.partial(self._sniff_again, dial))
                 return
             dial.protocol = gwtls.H2 if head == _H2_PREFACE else gwtls.HTTP11
         self._end_client_phase(dial)

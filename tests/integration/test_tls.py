@@ -21,6 +21,7 @@ import urllib.request
 
 import pytest
 
+from tests.support import syscalls
 from tests.support import tls as pki_support
 from tests.support.clients import echo_once, wait_until
 from tests.support.dns import Dnsmasq
@@ -152,6 +153,22 @@ def test_an_http2_preface_split_across_packets_still_reaches_etcd_as_h2(
         sock.sendall(preface[2:] + settings)
         head = _recv_exactly(sock, 9)
     assert len(head) == 9 and head[3] == 0x04, head  # etcd answered with HTTP/2 SETTINGS
+
+
+def test_a_client_stalled_inside_the_h2_preface_is_looked_at_again_with_backoff(
+        pki, gateway_factory, tmp_path):
+    """"PR" and silence: h2 or not is unknown, so the gateway looks at the client's bytes
+    again later, less and less often (not every 5 ms until its 10 s timeout)."""
+    gw = start(gateway_factory, ["--endpoints", f"https://127.0.0.1:{free_port()}",
+                                 "--cacert", pki.ca.cert, "--workers", "1",
+                                 "--health-check", "none"], metrics=False)
+    trace = tmp_path / "strace.out"
+    with syscalls.traced(gw.worker_pids()[0], "recvfrom", trace):
+        with socket.create_connection(sockaddr(gw.addr), timeout=10) as sock:
+            sock.sendall(b"PR")
+            time.sleep(2)  # the gateway waits for the rest of the first word
+    peeks = syscalls.lines(trace, "MSG_PEEK")
+    assert 1 <= len(peeks) <= 20, len(peeks)  # doubling from 5 ms: about 11 in 2 s
 
 
 def test_a_large_value_crosses_both_tls_legs_intact(pki, tls_cluster, gateway_factory):
