@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import logging
 import os
 import resource
 import signal
@@ -619,6 +620,8 @@ class Arbiter:
         plan.tls, plan.tls_signature = tls_material, tls_signature
         old = self.config
         try:
+            if new.log_settings != old.log_settings:  # opened now: applying cannot fail
+                plan.log = gwlog.open_handler(new.log_settings)
             if new.metrics_addr != old.metrics_addr:
                 plan.http = self._open_metrics(new.metrics_addr)
                 plan.http_changed = True
@@ -657,8 +660,8 @@ class Arbiter:
         self.checker.configure(_check_policy(new))
         if new.workers != old.workers:
             self.desired_workers = new.workers
-        if new.log_settings != old.log_settings:
-            gwlog.setup(new.log_settings)
+        if plan.log is not None:
+            gwlog.install(plan.log, new.log_settings)
         logger.info("reloaded", extra=gwlog.fields(
             changed=_changed_options(old, new),
             endpoints=[e.endpoint.address for e in self.table.roster()],
@@ -834,6 +837,7 @@ class _ReloadPlan:
         self.tls: gwtls.Material | None = None
         self.tls_signature: tuple = ()
         self.listens: discovery.Listens = []  # the TCP listen addresses, resolved
+        self.log: logging.Handler | None = None     # the new log settings' handler
 
     def discard(self, close_listener: Callable[[listeners.Listener], None]) -> None:
         """Close what was opened for a plan that will not be applied."""
@@ -841,6 +845,8 @@ class _ReloadPlan:
             close_listener(lst)
         if self.http is not None:
             self.http.close()
+        if self.log is not None:
+            self.log.close()
 
 
 _SIGNAL_HANDLERS: dict[int, Callable[[Arbiter, str], None]] = {

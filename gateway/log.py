@@ -117,13 +117,24 @@ def setup(settings: Settings) -> None:
     """(Re)configure the gateway's logger; opens the file for append, or uses stderr.
     The new file is opened before the old handler goes: if it cannot be opened
     (OSError), logging carries on exactly as before."""
-    logger = get()
+    install(open_handler(settings), settings)
+
+
+def open_handler(settings: Settings) -> logging.Handler:
+    """The handler `settings` name, its file opened (the part that can fail: OSError),
+    for `install` later (a reload opens it while preparing, installs it when applying)."""
     if settings.path:
         handler: logging.Handler = logging.FileHandler(settings.path, mode="a",
                                                        encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.fmt == "json" else ConsoleFormatter())
+    return handler
+
+
+def install(handler: logging.Handler, settings: Settings) -> None:
+    """Log through `handler` (from `open_handler`) from now on; cannot fail."""
+    logger = get()
     for old in list(logger.handlers):
         logger.removeHandler(old)
         old.close()
