@@ -56,7 +56,7 @@ import time
 from dataclasses import dataclass
 
 from gateway import log as gwlog
-from gateway.dial import connect_error
+from gateway import dial as dial_tcp
 from gateway.endpoints import RosterEntry
 from gateway.health import (C_HEALTH_CHECK_FAILURES, CheckKind, HealthTable, MemberAlarm,
                             MemberRole, alarm_names)
@@ -341,18 +341,16 @@ class Checker:
     def _connect(self, check: _Check) -> None:
         ep = check.entry.endpoint
         try:
-            sock = socket.socket(ep.family, socket.SOCK_STREAM)
+            sock, _ = dial_tcp.start(ep)  # connected at once or not: WRITE says so
+        except dial_tcp.DialError as exc:
+            self._finish(check, str(exc))
+            return
         except OSError as exc:
             logger.warning("cannot check endpoint", extra=gwlog.fields(
                 address=ep.address, error=exc.strerror))
             self._abandon(check)  # the gateway's own shortage: not the member's failure
             return
-        sock.setblocking(False)
         check.sock, check.phase, check.response, check.leg = sock, Phase.CONNECTING, b"", None
-        err = sock.connect_ex(ep.sockaddr)
-        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-            self._finish(check, connect_error(ep.address, err))
-            return
         self._watch(check, WRITE)
 
     def _watch(self, check: _Check, mask: int) -> None:
@@ -366,9 +364,9 @@ class Checker:
         assert sock is not None
         try:
             if check.phase == Phase.CONNECTING:
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    self._finish(check, connect_error(ep.address, err))
+                error = dial_tcp.outcome(sock, ep.address)
+                if error is not None:
+                    self._finish(check, error)
                     return
                 if not check.steps:
                     self._finish(check, None)
@@ -469,8 +467,9 @@ class Checker:
                          extra=gwlog.fields(address=ep.address))
             return
         if check.phase == Phase.CONNECTING:
-            what = f"dial tcp {ep.address}: i/o timeout"
-        elif check.phase == Phase.HANDSHAKE:
+            self._finish(check, dial_tcp.timeout_error(ep.address, self.policy.dial_timeout))
+            return
+        if check.phase == Phase.HANDSHAKE:
             what = f"TLS handshake with {ep.address}: no answer"
         else:
             what = f"{self._what(check)}: no answer"

@@ -10,7 +10,7 @@ from gateway.checks import Checker, CheckMode, CheckPolicy
 from gateway.endpoints import Endpoint
 from gateway.health import C_HEALTH_CHECK_FAILURES, HealthTable
 from gateway.loop import Loop
-from tests.support.echo import dead_addr
+from tests.support.echo import HungListener, dead_addr
 
 
 def _endpoint(port: int) -> Endpoint:
@@ -23,12 +23,12 @@ def _dead_port() -> int:
 
 class Rig:
     def __init__(self, ports: list[int], max_endpoints: int = 64, interval: float = 0.05,
-                 retry_delay: float = 0.3):
+                 retry_delay: float = 0.3, dial_timeout: float = 1.0):
         self.loop = Loop()
         self.table = HealthTable(max_endpoints=max_endpoints)
         self.slot = self.table.publish([_endpoint(p) for p in ports])[0].slot
         self.checker = Checker(self.loop, self.table, CheckPolicy(
-            mode=CheckMode.TCP, interval=interval, fall=2, rise=2, dial_timeout=1.0,
+            mode=CheckMode.TCP, interval=interval, fall=2, rise=2, dial_timeout=dial_timeout,
             retry_delay=retry_delay))
 
     def failures(self) -> int:
@@ -125,3 +125,16 @@ def test_a_slot_whose_endpoint_changed_counts_its_failures_afresh():
         rig.run_until(lambda: not rig.table.is_up(rig.slot))
     finally:
         rig.close()
+
+
+def test_a_check_whose_connect_times_out_says_so_in_the_workers_words():
+    hung = HungListener()
+    rig = Rig([hung.port], dial_timeout=0.3)
+    try:
+        rig.checker.start()
+        rig.run_until(lambda: not rig.table.is_up(rig.slot))   # fall 2: two timeouts
+        assert rig.table.last_error(rig.slot) == (
+            f"dial tcp 127.0.0.1:{hung.port}: i/o timeout (dial timeout 0.3s)")
+    finally:
+        rig.close()
+        hung.close()
