@@ -250,3 +250,46 @@ def test_a_tls_member_leg_relays_bytes_intact_both_ways_and_carries_eof(pki):
     finally:
         drv.close()
         app.close()
+
+
+class _Buffer:
+    """What read_into fills: a CopyChannel's view, size and start."""
+
+    def __init__(self, size: int = 256 * 1024):
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.size = size
+        self.start = 0
+
+
+def test_bytes_read_before_a_bad_record_are_returned_and_the_error_raised_next(pki):
+    gw_upstream, member = tcp_pair()
+    payload = os.urandom(40 * 1024)
+    done = threading.Event()
+
+    def serve() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki.member.cert, pki.member.key)
+        member.settimeout(10)
+        with ctx.wrap_socket(member, server_side=True) as tls:
+            tls.sendall(payload)
+            with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+                # an application-data record that does not decrypt, right behind
+                raw.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))
+            done.set()
+            time.sleep(1)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    leg = _member_leg(pki, gw_upstream)
+    assert done.wait(10)
+    time.sleep(0.2)  # the records and the bad one are all in the gateway's socket
+    buf = _Buffer()
+    try:
+        got = leg.read_into(buf)
+        assert got == len(payload) and bytes(buf.view[:got]) == payload
+        with pytest.raises(ssl.SSLError):
+            leg.read_into(buf)
+    finally:
+        leg.close()
+        server.join(10)
