@@ -49,6 +49,9 @@ class Timer:
 
 READ = select.EPOLLIN
 WRITE = select.EPOLLOUT
+# with READ on a listener shared by several processes: each connection wakes one of
+# them that waits (not every one), and never one that is not waiting (stopped, busy)
+EXCLUSIVE = select.EPOLLEXCLUSIVE
 _ERROR = select.EPOLLERR | select.EPOLLHUP
 
 Callback = Callable[[int, int], None]

@@ -2,7 +2,9 @@
 
 design: everything here happens after fork, in one thread, on the worker's own loop.
 The listeners (TCP and unix, from listeners.py) are shared with the other workers (the
-kernel hands each connection to one of them); one accept path serves them all, in
+kernel hands each connection to one of them, and wakes only one worker that waits for
+it: EPOLLEXCLUSIVE; one queue for all, so a stopped or busy worker strands no client,
+unlike a SO_REUSEPORT listener per worker); one accept path serves them all, in
 bounded batches (accept.py, shared with the metrics server), and counts accepts per
 listener. A client of a unix listener has no TCP options: nothing here sets or assumes
 one on a client socket. For each client the worker asks the picker for an ordered list
@@ -74,7 +76,7 @@ from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTI
                             G_REJECTED, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0,
                             TLS_CLIENT, TLS_MEMBER, Balance, HealthTable, tls_counter)
 from gateway.listeners import Kind, Listener
-from gateway.loop import READ, WRITE, Loop, Timer
+from gateway.loop import EXCLUSIVE, READ, WRITE, Loop, Timer
 from gateway.relay import ChannelPool, End, Session, close_fd, socket_for, splice_works
 from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
@@ -330,8 +332,8 @@ class Worker:
         want = state == Accepting.OPEN
         if want != self._registered:
             for fd in self._doors:
-                if want:
-                    self.loop.add(fd, READ, self._on_acceptable)
+                if want:  # EXCLUSIVE: one waker per connection (see loop.py)
+                    self.loop.add(fd, READ | EXCLUSIVE, self._on_acceptable)
                 else:
                     self.loop.remove(fd)
             self._registered = want
