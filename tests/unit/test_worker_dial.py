@@ -1,7 +1,7 @@
 """The worker's dial path, on real sockets in this process (no fork): a timed-out
 dial moves the client on to the next candidate, running out of descriptors at
 socket() rejects the client and pauses accepting, and dials under way when the worker
-stops are abandoned cleanly."""
+stops are abandoned cleanly, and a member on this host is relayed to within the accept."""
 import os
 import resource
 import socket
@@ -125,5 +125,35 @@ def test_dials_under_way_when_the_worker_stops_are_abandoned(hung):
         assert not list(rig.worker.loop.registered())
         with pytest.raises(ConnectionResetError):
             rig.app.recv(1)
+    finally:
+        rig.close()
+
+
+def test_a_member_on_this_host_is_relayed_to_within_the_accept_no_wakeup_needed(member):
+    """On loopback the handshake completes inside connect(): the worker sees it at
+    once (TCP_INFO), starts the session and relays the bytes the client already sent,
+    all before its loop turns again."""
+    rig = Rig([member.getsockname()[1]])
+    try:
+        rig.app.sendall(b"first request")
+        time.sleep(0.05)  # the bytes are in the client socket before the accept
+        rig.admit()
+        assert rig.worker.session_count == 1 and not rig.worker.dials
+        conn, _ = member.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(64) == b"first request"
+    finally:
+        rig.close()
+
+
+def test_a_refused_connect_is_not_taken_for_an_established_one():
+    with socket.create_server(("127.0.0.1", 0)) as gone:
+        port = gone.getsockname()[1]
+    rig = Rig([port])
+    try:
+        rig.admit()
+        rig.run_until(lambda: rig.rejected() == 1)
+        assert rig.worker.session_count == 0
     finally:
         rig.close()
