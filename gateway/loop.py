@@ -85,6 +85,12 @@ class Loop:
         self._epoll.unregister(fd)
         del self._callbacks[fd]
 
+    def forget(self, fd: int) -> None:
+        """Drop `fd`'s callback without asking the kernel: only for an fd its owner
+        closes next, and that no other process or descriptor shares (a client or
+        member socket of a worker): closing it removes the registration."""
+        del self._callbacks[fd]
+
     def set_interest(self, fd: int, old: int, new: int, callback: Callback) -> int:
         """Move `fd` from interest `old` to `new` (0 = not registered), touching the
         kernel only when it changed; returns `new`."""

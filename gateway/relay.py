@@ -389,7 +389,11 @@ class Session:
     def _carry_eof(self, d: Direction) -> None:
         d.done = True
         if d.wleg is None:
-            shutdown_write(d.dst)
+            if not (self.down if d is self.up else self.up).done:
+                shutdown_write(d.dst)
+            # else the last EOF: the session is finished and close() follows in this
+            # event; `dst` has read its own EOF (its receive queue is empty), so the
+            # close sends the FIN that a shutdown would have sent, one call sooner
         else:  # a close_notify only once the other direction has read its EOF too
             d.wleg.shutdown_write(close_notify=(self.down if d is self.up else self.up).done)
 

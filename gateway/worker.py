@@ -887,15 +887,16 @@ class Worker:
                                      session.upstream_interest(), session)
 
     def _finish(self, session: Session) -> None:
-        """Tear a session down: unregister both sockets, close them, count it."""
+        """Tear a session down: close both sockets (which removes them from epoll:
+        only the callbacks are dropped here), count it."""
         if session.client < 0:
             return  # already finished
         loop = self.loop
         if session.cmask:
-            loop.remove(session.client)
+            loop.forget(session.client)
             session.cmask = 0
         if session.umask:
-            loop.remove(session.upstream)
+            loop.forget(session.upstream)
             session.umask = 0
         self.session_count -= 1
         self._flush_bytes(session)

@@ -140,3 +140,24 @@ def test_set_interest_registers_changes_and_removes_an_fd():
         a.close()
         b.close()
         loop.close()
+
+
+def test_a_forgotten_fd_leaves_epoll_when_closed_so_its_number_can_be_added_again():
+    loop = Loop()
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    loop.add(fd, READ, lambda fd, mask: None)
+    loop.forget(fd)
+    a.close()  # the kernel drops the registration with the last reference
+    c, d = socket.socketpair()
+    try:
+        assert c.fileno() == fd  # the lowest free number: the one just closed
+        seen = []
+        loop.add(fd, READ, lambda fd, mask: seen.append(mask))  # no EEXIST
+        d.sendall(b"x")
+        loop.run_once(0.5)
+        assert seen and seen[0] & READ
+    finally:
+        loop.close()
+        for s in (b, c, d):
+            s.close()
