@@ -3,8 +3,13 @@
 design: a `Session` owns two non-blocking sockets and two `Direction`s (client->member
 "up", member->client "down"). A direction moves bytes through a channel borrowed from a
 per-worker `ChannelPool` only while it has bytes in flight, so an idle session holds
-just its two sockets. Channels are a pipe used with `os.splice` (zero copy), or a
-buffer used with readv/write when splice or pipes are unavailable.
+just its two sockets. Channels are a buffer used with readv/write, or a pipe used with
+`os.splice` (zero copy). Splice pays only for bulk: a small message costs two calls
+either way, but through a pipe each moves page references and pipe buffers where a
+copy of a few hundred bytes is cheaper, as HAProxy found. So each direction starts by
+copying (etcd's requests and responses, and a new connection's first bytes) and
+switches to splice, for good, once one read fills a whole buffer (`bulk`). Where
+splice or pipes are unavailable, every direction copies.
 
 Invariants (as Go's splice_linux.go and sshuttle's ssnet.py learnt them):
 - a direction reads its source only while its channel is empty, so EAGAIN on a read
@@ -78,12 +83,14 @@ class SpliceChannel:
 
 
 class CopyChannel:
-    """A buffer: recv into it, send from it (the fallback where splice is unavailable)."""
-    __slots__ = ("buf", "view", "start", "size")
+    """A buffer: recv into it, send from it (small messages, TLS legs, and every
+    direction where splice is unavailable)."""
+    __slots__ = ("buf", "view", "iov", "start", "size")
 
     def __init__(self, size: int = BUFFER_SIZE):
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
+        self.iov = (self.view,)  # readv's argument, made once
         self.start = 0
         self.size = size
 
@@ -92,7 +99,7 @@ class CopyChannel:
 
     def fill(self, src: int) -> int:
         self.start = 0
-        return os.readv(src, (self.view,))
+        return os.readv(src, self.iov)
 
     def drain(self, dst: int, count: int) -> int:
         n = os.write(dst, self.view[self.start:self.start + count])
@@ -152,7 +159,8 @@ class ChannelPool:
         self._lent_since_trim = False
 
     def get_buffer(self) -> CopyChannel:
-        """A copy channel, whatever the mode (for a direction with a TLS leg)."""
+        """A copy channel, whatever the mode (a direction not yet bulk, or with a TLS
+        leg)."""
         self._lent_since_trim = True
         if self._buffers:
             return self._buffers.pop()
@@ -243,7 +251,7 @@ class Direction:
     """Bytes from `src` to `dst` (fds). `pending` bytes sit in `chan`; `done` once EOF
     has been carried to `dst` (or the session died). `rleg`/`wleg`: the TLS legs on
     `src`/`dst`, if they speak TLS."""
-    __slots__ = ("src", "dst", "chan", "pending", "done", "moved", "rleg", "wleg")
+    __slots__ = ("src", "dst", "chan", "pending", "done", "moved", "rleg", "wleg", "bulk")
 
     def __init__(self, src: int, dst: int, rleg: "TlsLeg | None" = None,
                  wleg: "TlsLeg | None" = None):
@@ -255,6 +263,7 @@ class Direction:
         self.pending = 0
         self.done = False
         self.moved = 0
+        self.bulk = False  # a read filled a whole copy buffer: splice from then on
 
 
 class End(enum.Enum):
@@ -347,7 +356,7 @@ class Session:
         chan = d.chan
         rleg = d.rleg
         if chan is None:
-            if rleg is None and d.wleg is None:
+            if d.bulk:
                 chan = d.chan = self.pool.get()
             else:
                 chan = d.chan = self.pool.get_buffer()
@@ -367,6 +376,12 @@ class Session:
                 return  # destination full: keep the channel, wait for WRITE
             if n < size and (rleg is None or not rleg.failed):
                 break  # a short read emptied the socket: epoll says when there is more
+            if not d.bulk and rleg is None and d.wleg is None:
+                d.bulk = True  # it filled a copy buffer: a bulk direction, splice it
+                self.pool.put(chan)
+                chan = d.chan = self.pool.get()
+                size = chan.size
+                continue
             if size < self.pool.bulk_size:
                 chan.grow(self.pool.bulk_size)  # it filled the pipe: a bulk direction
                 size = chan.size

@@ -216,13 +216,12 @@ def test_sigquit_stops_at_once(gateway_factory, tmp_path, echoes):
 
 
 # -- supervision ----------------------------------------------------------------------
-def kill_idle_worker(gw) -> int:
+def kill_idle_worker(victim: int, baseline: int) -> int:
     """SIGKILL a worker at a moment it holds no session: stop it, check its fds are at
-    the idle baseline, kill. (A session inside a killed process cannot be saved by any
-    proxy; what must hold is that no new client notices.)"""
-    victim = gw.worker_pids()[0]
+    the idle baseline (counted before any client came: counted later, it may include
+    a session's sockets), kill. (A session inside a killed process cannot be saved by
+    any proxy; what must hold is that no new client notices.)"""
     proc = psutil.Process(victim)
-    baseline = proc.num_fds()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         os.kill(victim, signal.SIGSTOP)
@@ -239,9 +238,11 @@ def test_a_killed_worker_is_replaced_and_no_client_notices(gateway_factory, tmp_
     a, _ = echoes
     gw = started(gateway_factory, tmp_path, f"endpoints = {a.addr}\n", "--workers=2")
     time.sleep(1.0)   # idle baseline: no pipes left in the pools
+    victim = gw.worker_pids()[0]
+    baseline = psutil.Process(victim).num_fds()
     with ConnectionStream(gw.sockaddr, interval=0.01) as stream:
         time.sleep(0.5)
-        victim = kill_idle_worker(gw)
+        kill_idle_worker(victim, baseline)
         gw.wait_log("worker died; replacing it", 5)
         wait_until(lambda: len(gw.worker_pids()) == 2 and victim not in gw.worker_pids(),
                    10, "the worker was not replaced")

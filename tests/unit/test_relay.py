@@ -1,10 +1,11 @@
 """The relay on real sockets: integrity, half-close, resets, backpressure, idle cost.
 
-Each test runs with both channels: splice through a pipe, and the recv/send copy
-fallback. The session is driven by a Loop here, as a worker drives it.
+Each test runs with both pools: splice for bulk directions (small messages are copied),
+and the recv/send copy fallback everywhere. The session is driven by a Loop here, as a worker drives it.
 """
 import hashlib
 import os
+import select
 import socket
 import struct
 import threading
@@ -292,3 +293,45 @@ def test_a_session_repr_names_its_fds_member_bytes_and_state(wired):
     member.close()
     driver.run_until(lambda: session.ended)
     assert f"ended (reset: {session.why})" in repr(session)
+
+
+def test_small_messages_are_copied_without_a_pipe(wired):
+    driver, session, app, member = wired
+    member.settimeout(5)
+    app.settimeout(5)
+    sent = 0
+    for i in range(20):
+        app.sendall(b"request %d" % i)
+        sent += len(b"request %d" % i)
+        driver.run_until(lambda total=sent: session.up.moved == total)
+        assert member.recv(64) == b"request %d" % i
+        member.sendall(b"response %d" % i)
+        driver.run_until(lambda: app.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                         if _readable(app) else False)
+        assert app.recv(64) == b"response %d" % i
+    assert not session.up.bulk and not session.down.bulk
+    assert driver.pool.pipes_open == 0  # not one pipe made, in either mode
+
+
+def test_a_direction_that_fills_a_buffer_switches_to_splice_and_the_other_does_not(wired):
+    driver, session, app, member = wired
+    payload = os.urandom(4 << 20)
+    sender = threading.Thread(target=member.sendall, args=(payload,))
+    sender.start()
+    app.settimeout(5)
+    got = bytearray()
+    deadline = time.monotonic() + 20
+    while len(got) < len(payload):
+        assert time.monotonic() < deadline
+        driver.loop.run_once(0.01)
+        while _readable(app):
+            got += app.recv(1 << 20)
+    sender.join(5)
+    assert bytes(got) == payload
+    assert session.down.bulk and not session.up.bulk
+    if driver.pool.use_splice:
+        assert driver.pool.pipes_open >= 1  # the bulk direction went through a pipe
+
+
+def _readable(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
