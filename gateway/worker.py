@@ -4,7 +4,9 @@ design: everything here happens after fork, in one thread, on the worker's own l
 The listeners (TCP and unix, from listeners.py) are shared with the other workers (the
 kernel hands each connection to one of them, and wakes only one worker that waits for
 it: EPOLLEXCLUSIVE; one queue for all, so a stopped or busy worker strands no client,
-unlike a SO_REUSEPORT listener per worker); one accept path serves them all, in
+unlike a SO_REUSEPORT listener per worker, except one woken and stopped before it
+accepted: each tick every worker also accepts unbidden, see _sweep_listeners); one
+accept path serves them all, in
 bounded batches (accept.py, shared with the metrics server), and counts accepts per
 listener. A client of a unix listener has no TCP options: nothing here sets or assumes
 one on a client socket. For each client the worker asks the picker for an ordered list
@@ -273,6 +275,7 @@ class Worker:
         if self.table.tls_generation != self._tls_gen:
             self._reload_tls()
         self.pool.trim()
+        self._sweep_listeners()
         if self.state == State.DRAINING:
             if time.monotonic() >= self._drain_deadline:
                 logger.warning("shutdown timeout: closing connections still open",
@@ -412,6 +415,18 @@ class Worker:
             self.table.add_at(self._accepted_at, accepted)
             self.table.add_at(accepted_at, accepted)
             self.table.set_at(self._open_at, self._open_count())
+
+    def _sweep_listeners(self) -> None:
+        """Accept what waits, once a tick, without being woken. With EPOLLEXCLUSIVE a
+        new client wakes one waiting worker only; if that one is stopped or killed
+        between its wake-up and its accept (SIGSTOP, the watchdog), no other worker
+        was told, and the client would wait for the next client's wake-up. This
+        bounds that wait to one TICK, for one accept(2) per listener per tick."""
+        if self._accepting == Accepting.OPEN:
+            for fd in self._doors:
+                self._on_acceptable(fd, READ)
+                if self._accepting != Accepting.OPEN:
+                    return
 
     def _accept_failed(self, exc: OSError) -> None:
         logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))

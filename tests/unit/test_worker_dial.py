@@ -10,8 +10,10 @@ import time
 import pytest
 
 from gateway import log as gwlog
+from gateway.addresses import HostPort
 from gateway.endpoints import Endpoint
 from gateway.health import G_REJECTED, GATEWAY, HealthTable
+from gateway.listeners import Kind, Listener, bind
 from gateway.worker import Accepting, State, Worker, WorkerSettings
 from tests.support.echo import HungListener
 
@@ -157,3 +159,28 @@ def test_a_refused_connect_is_not_taken_for_an_established_one():
         assert rig.worker.session_count == 0
     finally:
         rig.close()
+
+
+def test_the_tick_accepts_a_client_no_wakeup_announced(member):
+    """With exclusive wake-ups, a client whose wake-up went to a worker that stopped
+    before accepting is announced to no other worker: each tick accepts unbidden."""
+    table = HealthTable()
+    table.publish([_endpoint(member.getsockname()[1])])
+    index = table.claim_worker_slot(os.getpid())
+    sock = bind(HostPort("127.0.0.1", 0))
+    door = Listener(sock, "front", Kind.TCP, None, slot=table.claim_listener_slot())
+    worker = Worker(index, [door], table, _settings(10.0), os.getppid())
+    worker._resume_accepting()
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=5) as app:
+            app.sendall(b"hello")
+            time.sleep(0.05)
+            worker._sweep_listeners()  # no loop turn: nobody was woken
+            assert worker.session_count == 1
+            conn, _ = member.accept()
+            with conn:
+                conn.settimeout(5)
+                assert conn.recv(16) == b"hello"
+    finally:
+        worker._close_all()
+        worker.loop.close()
