@@ -113,7 +113,11 @@ class Gatewayd(Peer):
         venv = os.path.join(ctx.repo, ".venv", "bin", "python")
         self.python = venv if os.access(venv, os.X_OK) else (shutil.which("python3") or "python3")
         self.workers = os.cpu_count() or 1
-        self.describe = f"{self.python} bin/etcd-gatewayd --workers={self.workers} --log-level=warn"
+        # --health-check=tcp: most backends here (C echo, iperf3) are not etcd, and the
+        # default etcd check would mark them down (every client then dialled "all down");
+        # a TCP connect per interval costs next to nothing
+        self.describe = (f"{self.python} bin/etcd-gatewayd --workers={self.workers} "
+                         "--log-level=warn --health-check=tcp")
 
     def start(self, backend_port, tls=None):
         self.backend_port, self.tls = backend_port, tls
@@ -123,6 +127,7 @@ class Gatewayd(Peer):
             self.python, os.path.join(self.ctx.repo, "bin", "etcd-gatewayd"),
             f"--endpoints={'https://' + endpoint if tls else endpoint}",
             f"--listen-addr=127.0.0.1:{port}", f"--workers={self.workers}", "--log-level=warn",
+            "--health-check=tcp",
         ]
         if tls:
             argv.append(f"--cacert={tls.ca}")
