@@ -156,9 +156,9 @@ class EchoServer:
             except socket.timeout:
                 continue
             if not data:
-                conn.shutdown(socket.SHUT_WR)
-                with self._lock:
+                with self._lock:  # counted first: the client may look once it sees EOF
                     self.half_closes += 1
+                conn.shutdown(socket.SHUT_WR)
                 return
             self._send_all(conn, data)
             with self._lock:
