@@ -81,6 +81,10 @@ class Loop:
         self._epoll.modify(fd, mask)
         self._callbacks[fd] = callback
 
+    def rebind(self, fd: int, callback: Callback) -> None:
+        """Give a registered fd another callback, its interest unchanged: no kernel call."""
+        self._callbacks[fd] = callback
+
     def remove(self, fd: int) -> None:
         self._epoll.unregister(fd)
         del self._callbacks[fd]

@@ -53,7 +53,7 @@ BUFFER_SIZE = 1 << 16      # copy-mode buffer
 ROUNDS_PER_EVENT = 8       # fill/drain rounds per readiness event before yielding
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_LINGER_RESET = struct.pack("ii", 1, 0)
+LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class SpliceChannel:
@@ -182,9 +182,7 @@ class ChannelPool:
                 except OSError:
                     size = 1 << 16
                 return SpliceChannel(r, w, size)
-        if self._buffers:
-            return self._buffers.pop()
-        return CopyChannel()
+        return self.get_buffer()
 
     def put(self, chan: SpliceChannel | CopyChannel) -> None:
         """Give back an empty channel."""
@@ -239,7 +237,7 @@ def close_fd(fd: int, reset: bool) -> None:
     if reset:
         sock = socket_for(fd)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         except OSError:
             pass
         finally:

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import socket
 import ssl
-import struct
 
 from gateway.loop import READ, WRITE
-from gateway.relay import shutdown_write
+from gateway.relay import LINGER_RESET, shutdown_write
 
 RECORD = 16384            # largest TLS plaintext record
-_LINGER_RESET = struct.pack("ii", 1, 0)
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 # handshake failure reasons (metrics label values), in counter order
@@ -143,7 +141,7 @@ class TlsLeg:
     def close(self, reset: bool = False) -> None:
         if reset:
             try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             except OSError:
                 pass
         self.sock.close()

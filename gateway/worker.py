@@ -166,10 +166,13 @@ class Worker:
         self.tls = tls if tls is not None else gwtls.Material(settings.tls)
         self._tls_gen = table.tls_generation
         self.listeners = listeners
-        # fd -> (listener, offset of its accepted counter): the accept path's lookup
-        self._doors = {lst.fileno(): (lst, table.counter_offset(
-            index, LISTENER0 + lst.slot, L_ACCEPTED)) for lst in listeners}
-        self._allow = settings.allow_from
+        # fd -> (listener, offsets of its accepted and denied counters, the allow-list
+        # that applies to it or None): what the accept path looks up per event
+        self._doors = {lst.fileno(): (
+            lst, table.counter_offset(index, LISTENER0 + lst.slot, L_ACCEPTED),
+            table.counter_offset(index, LISTENER0 + lst.slot, L_DENIED),
+            None if lst.kind == Kind.UNIX or not settings.allow_from else settings.allow_from)
+            for lst in listeners}
         self._denied_at = table.counter_offset(index, GATEWAY, G_DENIED)
         self._deny_log = gwlog.Throttle()
         self.table = table
@@ -389,26 +392,28 @@ class Worker:
     def _on_acceptable(self, fd: int, mask: int) -> None:
         # _accept() is socket.accept() without the socket object: the session keeps
         # raw fds (see relay.py), so building one per client would only be thrown away
-        door, accepted_at = self._doors[fd]
+        door, accepted_at, denied_at, allow = self._doors[fd]
         unix = door.kind == Kind.UNIX
-        allow = None if unix or not self._allow else self._allow
         accepted = 0
-        limited = bool(self.table.max_connections)
-        if limited and self._at_limit():
+        # --max-connections: the other workers' clients as of the master's last refresh
+        # (they do not change within this batch), this worker's own counted exactly
+        limit = self.table.max_connections
+        others = self.table.open_connections(self.index, 0) if limit else 0
+        if limit and others + self._open_count() >= limit:
             self._limit_reached()
             return
         for client, addr in accept_batch(door.sock._accept,  # type: ignore[attr-defined]
                                          ACCEPT_BATCH, self._out_of_descriptors,
                                          self._accept_failed):
             if allow is not None and not allow.allows(addr[0]):
-                self._deny(client, addr, door)
+                self._deny(client, addr, door, denied_at)
                 continue
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, _ONE)
             self._admit(client, door.label if unix else addr)
             if self.state != State.SERVING or self._accepting != Accepting.OPEN:
                 break
-            if limited and self._at_limit():
+            if limit and others + self._open_count() >= limit:
                 self._limit_reached()
                 break
         if accepted:
@@ -431,13 +436,13 @@ class Worker:
     def _accept_failed(self, exc: OSError) -> None:
         logger.warning("accept failed", extra=gwlog.fields(error=str(exc)))
 
-    def _deny(self, client: int, addr: tuple, door: Listener) -> None:
+    def _deny(self, client: int, addr: tuple, door: Listener, denied_at: int) -> None:
         """A client outside --allow-from: closed at once, before any member is dialled;
         counted, and logged at most once a second with its address. Counted and logged
         before the close, so whoever sees the close also sees the count and the line."""
         table = self.table
         table.add_at(self._denied_at, 1)
-        table.add_at(table.counter_offset(self.index, LISTENER0 + door.slot, L_DENIED), 1)
+        table.add_at(denied_at, 1)
         suppressed = self._deny_log.allow()
         if suppressed is not None:
             logger.warning("refused client: not in --allow-from", extra=gwlog.fields(
@@ -635,16 +640,16 @@ class Worker:
         up = [table.in_rotation(e.slot) for e in roster]
         candidates = self._candidates(roster, up)
         if len(candidates) > 1:
-            candidates.sort(key=self._dial_rank)  # stable: the picker's order within a rank
+            # the pickers put members out of rotation last; only suspects (health.py
+            # `suspect`) move: after the other members in rotation, before those out
+            now, after = time.monotonic(), self._suspect_after
+            suspects = {e.slot for e, ok in zip(roster, up)
+                        if ok and table.suspect(e.slot, now, after)}
+            if suspects:
+                rank = {e.slot: 1 if e.slot in suspects else 0 if ok else 2
+                        for e, ok in zip(roster, up)}
+                candidates.sort(key=lambda e: rank[e.slot])  # stable within a rank
         return roster, up, candidates
-
-    def _dial_rank(self, entry: RosterEntry) -> int:
-        """0 in rotation, 1 in rotation but suspect (health.py `suspect`), 2 marked
-        down or role not known yet (the picker puts those last)."""
-        table = self.table
-        if not table.in_rotation(entry.slot):
-            return 2
-        return 1 if table.suspect(entry.slot, time.monotonic(), self._suspect_after) else 0
 
     def _next_round(self, dial: Dial) -> bool:
         """Every candidate failed. If one of them timed out (busy, or a lost SYN) and
@@ -865,8 +870,7 @@ class Worker:
             dial.timer.cancel()
             dial.timer = None
         self.dials.discard(dial)
-        if dial.entry is not None:
-            self._undial(dial.entry)
+        self._undial(entry)
         table = self.table
         slot = entry.slot
         if not table.is_up(slot) and table.mark_up(slot):
@@ -886,7 +890,8 @@ class Worker:
         self.session_count += 1
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
-            self.loop.modify(session.upstream, registered, session)
+            # (the session's first event sets the interest it wants)
+            self.loop.rebind(session.upstream, session)
         session(session.client, READ)  # the client has usually spoken: save a wake-up
 
     # -- sessions --------------------------------------------------------------------
