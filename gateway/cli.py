@@ -9,13 +9,12 @@ that are not bad values (the port is taken, a fork fails) exit 1 with one line.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 from gateway import __version__, earlysignals
 from gateway import config as gwconfig
 from gateway import log as gwlog
-from gateway.addresses import HostPort, tcp_listen_addrs
+from gateway.addresses import HostPort, resolve, tcp_listen_addrs
 
 PROG = "etcd-gatewayd"
 
@@ -101,7 +100,7 @@ def check_config(config: gwconfig.Config) -> int:
     for option, addr in [*(("--listen-addr", a) for a in tcp_listen_addrs(config.listen_addr)),
                          ("--metrics-addr", config.metrics_addr)]:
         problem = _unresolvable(addr)
-        if addr is not None and problem:
+        if problem:
             print(f"{PROG}: option {option}: cannot resolve {addr}: {problem}",
                   file=sys.stderr)
             return 1
@@ -123,8 +122,7 @@ def _unresolvable(addr: HostPort | None) -> str:
     if addr is None or addr.host in ("", "::"):
         return ""
     try:
-        socket.getaddrinfo(addr.host, addr.port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                           socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
+        resolve(addr, passive=True)
+    except (OSError, UnicodeError) as exc:
         return str(getattr(exc, "strerror", None) or exc)
     return ""

@@ -498,7 +498,7 @@ def load(argv: list[str], environ: dict[str, str] | None = None,
         else:
             sources[opt.name] = source
         shown = ",".join(raw) if isinstance(raw, list) else raw
-        bad = _CONTROL.search(shown)
+        bad = configfile.CONTROL.search(shown)
         if bad is not None:
             raise ConfigError(f"option --{opt.name}: invalid value {shown!r}: control "
                               f"character U+{ord(bad.group()):04X} not allowed"
@@ -538,8 +538,6 @@ def _check_srv_name_length(domain: str, name: str) -> None:
                           f"{full[:40]}... would be {len(full)} characters; a DNS name has "
                           f"at most {DNS_NAME_MAX}")
 
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _read_config_file(paths: list[str] | None, earlier: configfile.ConfigText | None

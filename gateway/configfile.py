@@ -25,7 +25,7 @@ from dataclasses import dataclass
 MAX_SIZE = 1 << 20       # bytes: a config file is a few hundred
 PIPE_WAIT = 5.0          # seconds a pipe or FIFO may take to deliver the whole file
 _BOM = b"\xef\xbb\xbf"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LINE = re.compile(r"^(?P<key>[^\s:=;#]+)\s*(?:[:=\s]\s*(?P<value>.*?))?$")
 _INLINE_COMMENT = re.compile(r"\s[#;].*$")
 
@@ -146,7 +146,7 @@ def parse(text: ConfigText, known: set[str], repeatable: set[str]
             value = "true"  # a bare key: a boolean flag given alone
         else:
             value = _unquote(_INLINE_COMMENT.sub("", match.group("value")).strip())
-        bad = _CONTROL.search(key + value)
+        bad = CONTROL.search(key + value)
         if bad is not None:
             raise ConfigFileError(f"{where}: control character U+{ord(bad.group()):04X} in "
                                   f"{key!r}: not allowed in a key or value")

@@ -207,7 +207,8 @@ class Resolver:
 
     def lookup_now(self) -> None:
         """Look up at once (SIGHUP); a lookup still running is cancelled first."""
-        if self._child is not None and self._child.running:
+        if self.running:
+            assert self._child is not None
             self._child.cancel()
         self._start()
 
@@ -275,8 +276,13 @@ class Resolver:
         logger.info("member reached by name failed: resolving its name again",
                     extra=gwlog.fields(endpoints=[f"{ep.address} ({ep.label})"
                                                   for ep in failed]))
-        delay = max(0.0, self._last_failure_lookup + FAILURE_GAP - time.monotonic())
-        self._failure_timer = self.loop.call_later(delay, self._failure_lookup)
+        self._schedule_failure_lookup()
+
+    def _schedule_failure_lookup(self) -> None:
+        """A lookup for a failed member, at most one every FAILURE_GAP."""
+        if self._failure_timer is None:
+            delay = max(0.0, self._last_failure_lookup + FAILURE_GAP - time.monotonic())
+            self._failure_timer = self.loop.call_later(delay, self._failure_lookup)
 
     def _failure_lookup(self) -> None:
         self._failure_timer = None
@@ -309,6 +315,4 @@ class Resolver:
         self.on_answer(config, answer)
         if self._again and not self._closed:
             self._again = False
-            if self._failure_timer is None:
-                delay = max(0.0, self._last_failure_lookup + FAILURE_GAP - time.monotonic())
-                self._failure_timer = self.loop.call_later(delay, self._failure_lookup)
+            self._schedule_failure_lookup()
