@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, TextIO
+from typing import Any, Sequence, TextIO
 
 from gateway import addresses
 from gateway import config as gwconfig
@@ -191,12 +191,22 @@ CERT_COLUMNS = ("CERTIFICATE", "FILE", "SUBJECT", "SERIAL", "EXPIRES")
 
 def human_until(seconds: float) -> str:
     """How long until, coarsely: in 29d, in 3h, EXPIRED."""
-    if seconds <= 0:
-        return "EXPIRED"
+    return f"in {_coarse(seconds)}" if seconds > 0 else "EXPIRED"
+
+
+def _coarse(seconds: float) -> str:
+    """A duration in its largest whole unit: 4d, 2h, 3m, 5s."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"in {int(seconds // size)}{unit}"
-    return f"in {int(seconds)}s"
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([cell.ljust(w) for cell, w in zip(row, widths)]
+                               + [row[-1]]).rstrip() for row in rows)
 
 
 def render_certificates(certificates: list[dict[str, Any]], now: float) -> str:
@@ -207,9 +217,8 @@ def render_certificates(certificates: list[dict[str, Any]], now: float) -> str:
         rows.append((f"--{c.get('option', '?')}", str(c.get("file", "?")),
                      str(c.get("subject", "")) or "-", str(c.get("serial", "")) or "-",
                      f"{stamp} ({human_until(not_after - now)})"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(CERT_COLUMNS) - 1)]
-    return "\n".join("  ".join([cell.ljust(w) for cell, w in zip(row, widths)] + [row[-1]])
-                     for row in rows)
+    return _columns(rows)
+
 
 def human_bytes(n: int | float) -> str:
     """1023 B, 1.0 KiB, 1.2 MiB, ..."""
@@ -225,12 +234,7 @@ def human_bytes(n: int | float) -> str:
 
 def human_age(seconds: float) -> str:
     """How long ago, coarsely: 5s ago, 3m ago, 2h ago, 4d ago."""
-    if seconds < 0:
-        seconds = 0
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
+    return f"{_coarse(max(0.0, seconds))} ago"
 
 
 def _endpoint_cell(e: dict[str, Any]) -> str:
@@ -261,9 +265,4 @@ def render_table(endpoints: list[dict[str, Any]], now: float) -> str:
             human_age(now - changed) if changed else "-",
             str(e.get("last_error") or "-"),
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
-        lines.append("  ".join(cells + [row[-1]]).rstrip())
-    return "\n".join(lines)
+    return _columns(rows)
