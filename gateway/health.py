@@ -14,7 +14,10 @@ writer or tolerates racing writers that write the same kind of value:
   one for gateway-wide counters, one per listener slot, handed out by the master in
   a cycle like endpoint slots): each worker writes only its own row, so a counter is
   never written by two processes; the master folds a dead worker's row into a
-  `retired` row before the slot is reused, so totals never go back;
+  `retired` row before the slot is reused, so totals never go back. A worker adds to
+  its cells in place, through the table's u64 view (`cells`), as each count happens:
+  no call and no struct per count, so there is nothing to batch and no count waits
+  for a flush (a reader sees it at once);
 - load aggregates (see `refresh_load`): least-connections and --max-connections need
   the relayed connections of every worker, but a sum over the matrix per accept would
   cost O(workers x members). So the master, on a short timer (LOAD_REFRESH), sums the
@@ -34,7 +37,11 @@ writer or tolerates racing writers that write the same kind of value:
 - the member's role, alarms and which check runs for it (`MemberRole`, `MemberAlarm`,
   `CheckKind`) are written only by the master's checks. A learner is never a candidate
   for a client, and a member whose role is not known yet is ordered with the members
-  marked down (`in_rotation`): that is the one rule every picker sees.
+  marked down (`in_rotation`): that is the one rule every picker sees;
+- the health stamp (`health_stamp`): rewritten by whoever changes a field that decides
+  who is a candidate, in rotation or a suspect (a mark down or up, a role, a counted
+  timed-out dial, a success that ends a suspicion, a roster or --balance publish), so a
+  worker derives its candidates once per change, not once per dial (candidates.py).
 
 The layout of every fixed-size record (the header with its policy, limit and balance
 words, an endpoint slot, a worker slot) is written down once, as a `_Record`: fields
@@ -102,10 +109,11 @@ _HEADER_LAYOUT = _Record(
     ("generation", "Q"),        # the roster's seqlock: odd while the master writes it
     ("rr", "Q"),                # the shared round-robin counter
     ("policy", "I"),            # the roster's endpoints.Order, published with it
-    ("max_connections", "Q"),   # --max-connections (0: no limit)
     ("balance", "I"),           # --balance, a Balance
+    ("max_connections", "Q"),   # --max-connections (0: no limit)
     ("retry_delay", "d"),       # --retry-delay: workers only log it
     ("tls_generation", "Q"),    # bumped when workers must re-read the TLS files
+    ("health_stamp", "Q"),      # rewritten after every change of who is dialled first
 )
 _HEADER_SIZE = _HEADER_LAYOUT.room
 _GEN_OFF = _HEADER_LAYOUT["generation"]
@@ -115,6 +123,8 @@ _MAX_CONNECTIONS_OFF = _HEADER_LAYOUT["max_connections"]
 _BALANCE_OFF = _HEADER_LAYOUT["balance"]
 _RETRY_DELAY_OFF = _HEADER_LAYOUT["retry_delay"]
 _TLS_GEN_OFF = _HEADER_LAYOUT["tls_generation"]
+_STAMP_AT = _HEADER_LAYOUT["health_stamp"] // 8  # a u64 cell index
+_RR_AT = _RR_OFF // 8
 LOAD_REFRESH = 0.05        # seconds between the master's load aggregate refreshes
 
 
@@ -154,6 +164,15 @@ _EP_DIAL_OK_OFF = _EP_LAYOUT["dial_ok"]
 _EP_ROLE_OFF = _EP_LAYOUT["role"]
 _EP_ALARMS_OFF = _EP_LAYOUT["alarms"]
 _EP_CHECK_OFF = _EP_LAYOUT["check"]
+# the same fields as cell indexes, for the views the workers' per-dial reads use
+_EP_F64 = _EP_SIZE // 8                 # f64 cells per endpoint slot
+_DOWN_D = _EP_DOWN_OFF // 8
+_WAITING_D = _EP_WAITING_OFF // 8
+_DIAL_OK_D = _EP_DIAL_OK_OFF // 8
+_TIMEOUTS_W = _EP_TIMEOUTS_OFF // 4     # u32 cell, counted from the slot's first u32
+_ROLE_W = _EP_ROLE_OFF // 4
+if _EP_SIZE % 8 or _HEADER_SIZE % 8:
+    raise RuntimeError("shared table layout: records must keep 8-byte cells aligned")
 
 # A worker slot: pid, then per-worker figures.
 _WK = struct.Struct("<Iid")  # pid, state (0 free, 1 live), started (wall clock)
@@ -263,6 +282,9 @@ class HealthTable:
         size = self._seen_base + max_workers * _LOAD_ROW_SIZE
         self.buf = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self._words = memoryview(self.buf).cast("Q")  # the same bytes as u64 cells
+        self._f64 = memoryview(self.buf).cast("d")    # ... as f64 cells
+        self._u32 = memoryview(self.buf).cast("I")    # ... as u32 cells
+        self._ep_d = self._ep_base // 8               # slot 0's first f64 cell
         _U32.pack_into(self.buf, _HEADER_LAYOUT["magic"], MAGIC)
         _U32.pack_into(self.buf, _HEADER_LAYOUT["version"], LAYOUT_VERSION)
         self._cursor = 0  # master-private: where the next free-slot search starts
@@ -311,6 +333,7 @@ class HealthTable:
             self._write_static(slot, ep)
         _U32.pack_into(self.buf, _POLICY_OFF, policy)
         _U64.pack_into(self.buf, _GEN_OFF, gen + 2)
+        self._stamp()
         return self.roster()
 
     def roster(self) -> list[RosterEntry]:
@@ -394,7 +417,7 @@ class HealthTable:
         return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_DOWN_OFF)[0]
 
     def is_up(self, slot: int) -> bool:
-        return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_DOWN_OFF)[0] == 0.0
+        return self._f64[self._ep_d + slot * _EP_F64 + _DOWN_D] == 0.0
 
     def mark_down(self, slot: int, error: str, now: float | None = None) -> bool:
         """Record a failure now; True when this call took the endpoint from up to down."""
@@ -404,6 +427,7 @@ class HealthTable:
         self._set_error(off, error)
         if was_up:
             _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
+            self._stamp()
         return was_up
 
     def mark_up(self, slot: int, if_down_at: float | None = None) -> bool:
@@ -417,6 +441,7 @@ class HealthTable:
         _F64.pack_into(self.buf, off + _EP_CHANGED_OFF, time.time())
         _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
         _F64.pack_into(self.buf, off + _EP_WAITING_OFF, 0.0)
+        self._stamp()
         return True
 
     def last_error(self, slot: int) -> str:
@@ -439,12 +464,19 @@ class HealthTable:
     # `fall` counted timeouts need the member silent for `fall` dial timeouts on end;
     # any success clears the count. Racing workers may lose an increment (read-modify-
     # write without a lock): that only delays a mark, it never invents one.
-    def note_dial_ok(self, slot: int, now: float) -> None:
-        """A dial to `slot` succeeded at `now` (monotonic): the member is alive."""
-        off = self._slot_off(slot)
-        _F64.pack_into(self.buf, off + _EP_DIAL_OK_OFF, now)
-        if _U32.unpack_from(self.buf, off + _EP_TIMEOUTS_OFF)[0]:
-            _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
+    def note_dial_ok(self, slot: int, now: float, after: float = 0.0) -> None:
+        """A dial to `slot` succeeded at `now` (monotonic): the member is alive. If
+        that ends a suspicion (`suspect` with `after`: the caller's), the health stamp
+        moves; a success on a member no one suspects writes one cell."""
+        f64, at = self._f64, self._ep_d + slot * _EP_F64
+        before = f64[at + _DIAL_OK_D]
+        f64[at + _DIAL_OK_D] = now
+        u32, timeouts = self._u32, 2 * at + _TIMEOUTS_W
+        if u32[timeouts]:
+            u32[timeouts] = 0
+            self._stamp()
+        elif (waiting := f64[at + _WAITING_D]) > before and now - waiting > after:
+            self._stamp()
 
     def last_dial_ok(self, slot: int) -> float:
         return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_DIAL_OK_OFF)[0]
@@ -460,11 +492,14 @@ class HealthTable:
             return count  # it waited through the silence already counted
         _F64.pack_into(self.buf, off + _EP_TIMEOUT_AT_OFF, now)
         _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, count + 1)
+        self._stamp()
         return count + 1
 
     def note_dial_start(self, slot: int, now: float) -> None:
         """A dial to `slot` is under way: remembered if it is the first since the last
-        successful dial (see `suspect`)."""
+        successful dial (see `suspect`). The health stamp does not move: the dial can
+        make its member a suspect no sooner than `after` from now, and a reader's cached
+        order lasts no longer than that (`suspect_expiry`)."""
         off = self._slot_off(slot)
         if (_F64.unpack_from(self.buf, off + _EP_WAITING_OFF)[0]
                 <= _F64.unpack_from(self.buf, off + _EP_DIAL_OK_OFF)[0]):
@@ -489,8 +524,21 @@ class HealthTable:
     def clear_dial_timeouts(self, slot: int) -> None:
         """The suspicion is over (marked down, or a check passed)."""
         off = self._slot_off(slot)
-        _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
-        _F64.pack_into(self.buf, off + _EP_WAITING_OFF, 0.0)
+        if (_U32.unpack_from(self.buf, off + _EP_TIMEOUTS_OFF)[0]
+                or _F64.unpack_from(self.buf, off + _EP_WAITING_OFF)[0]):
+            _U32.pack_into(self.buf, off + _EP_TIMEOUTS_OFF, 0)
+            _F64.pack_into(self.buf, off + _EP_WAITING_OFF, 0.0)
+            self._stamp()
+
+    def suspect_expiry(self, slot: int, now: float, after: float) -> float:
+        """The earliest time after `now` at which `suspect(slot, t, after)` could turn
+        true with no write to the table (a dial already waiting; or one started from
+        now on): a cached order is good until then."""
+        f64, at = self._f64, self._ep_d + slot * _EP_F64
+        waiting = f64[at + _WAITING_D]
+        if waiting > f64[at + _DIAL_OK_D] and waiting + after > now:
+            return waiting + after
+        return now + after
 
     # -- role, alarms and check kind (the master's checks write them) ----------------
     def role(self, slot: int) -> MemberRole:
@@ -502,6 +550,7 @@ class HealthTable:
             return False
         _U32.pack_into(self.buf, self._slot_off(slot) + _EP_ROLE_OFF, role)
         _F64.pack_into(self.buf, self._slot_off(slot) + _EP_CHANGED_OFF, time.time())
+        self._stamp()
         return True
 
     def alarms(self, slot: int) -> MemberAlarm:
@@ -548,11 +597,28 @@ class HealthTable:
         """Master: the TLS files were re-read; workers load them again."""
         _U64.pack_into(self.buf, _TLS_GEN_OFF, self.tls_generation + 1)
 
+    # -- the health stamp ----------------------------------------------------------
+    @property
+    def health_stamp(self) -> int:
+        """Moves after every write that can change which members are candidates, in
+        rotation or suspects (and after a roster or --balance change): a reader that
+        reads it first, then those fields, may reuse what it derived from them for as
+        long as the stamp reads the same (and no suspect expiry passed). The value is
+        the writer's CLOCK_MONOTONIC nanoseconds, not a count: racing writers need no
+        read-modify-write, and a late writer cannot bring back a value a reader
+        already holds (a count could go back to it)."""
+        return self._words[_STAMP_AT]
+
+    def _stamp(self) -> None:
+        """After a write of the health fields (see `health_stamp`)."""
+        self._words[_STAMP_AT] = time.monotonic_ns()
+
     # -- round robin ---------------------------------------------------------------
     def next_rr(self) -> int:
         """A counter shared by all workers (races only repeat a value: harmless)."""
-        value = _U64.unpack_from(self.buf, _RR_OFF)[0]
-        _U64.pack_into(self.buf, _RR_OFF, (value + 1) & 0xFFFFFFFFFFFFFFFF)
+        words = self._words
+        value = words[_RR_AT]
+        words[_RR_AT] = (value + 1) & 0xFFFFFFFFFFFFFFFF
         return value
 
     # -- worker slots --------------------------------------------------------------
@@ -633,19 +699,31 @@ class HealthTable:
         return self._ctr_base + row * _ROW_SIZE
 
     def counter_offset(self, row: int, column: int, counter: int) -> int:
-        """Byte offset of one counter cell, for a worker's hot path (`add_at`).
-        `row` is a worker slot (or `master_row`); `column` an endpoint slot or GATEWAY."""
+        """Byte offset of one counter cell (`add_at`, `set_at`). `row` is a worker
+        slot (or `master_row`); `column` an endpoint slot or GATEWAY."""
         return self._row_off(row) + column * _COLUMN_SIZE + counter * 8
 
+    def cell(self, row: int, column: int, counter: int) -> int:
+        """Index of one counter cell in `cells`; a column's counters are consecutive,
+        and so are the columns of a row (N_COUNTERS cells each)."""
+        return self.counter_offset(row, column, counter) // 8
+
+    @property
+    def cells(self) -> memoryview:
+        """The table as u64 cells, for a worker's per-connection counts: it adds to the
+        cells of its own row in place (`cells[i] += n`, a gauge kept from going below
+        zero), with no call per count. The same cells as `add_at`'s offsets."""
+        return self._words
+
     def add_at(self, offset: int, delta: int) -> None:
-        """Add to a counter cell the calling worker owns (one writer per cell). A gauge
-        never goes below zero, even if its slot was recycled under an open session."""
-        buf = self.buf
-        _U64.pack_into(buf, offset, max(0, _U64.unpack_from(buf, offset)[0] + delta))
+        """Add to a counter cell the caller owns (one writer per cell). A gauge never
+        goes below zero, even if its slot was recycled under an open session."""
+        words, at = self._words, offset // 8
+        words[at] = max(0, words[at] + delta)
 
     def set_at(self, offset: int, value: int) -> None:
-        """Set a gauge cell the calling worker owns to an absolute value."""
-        _U64.pack_into(self.buf, offset, value)
+        """Set a gauge cell the caller owns to an absolute value."""
+        self._words[offset // 8] = value
 
     def total_rows(self) -> list[int]:
         """The rows a total adds up: live workers, the retired totals, the master. A
@@ -665,11 +743,13 @@ class HealthTable:
 
     def observe_dial(self, worker: int, slot: int, seconds: float) -> None:
         """Record one successful dial's duration in the worker's histogram cells."""
-        self.add_at(self.counter_offset(worker, slot, C_DIAL_MICROS), int(seconds * 1e6))
-        self.add_at(self.counter_offset(worker, slot, C_DIAL_COUNT), 1)
+        words = self._words
+        at = (self._ctr_base + worker * _ROW_SIZE + slot * _COLUMN_SIZE) // 8
+        words[at + C_DIAL_MICROS] += max(0, int(seconds * 1e6))
+        words[at + C_DIAL_COUNT] += 1
         index = bisect.bisect_left(DIAL_BUCKETS, seconds)
         if index < len(DIAL_BUCKETS):
-            self.add_at(self.counter_offset(worker, slot, C_DIAL_BUCKET0 + index), 1)
+            words[at + C_DIAL_BUCKET0 + index] += 1
 
     def dial_histogram(self, slot: int, rows: list[int] | None = None
                        ) -> tuple[list[tuple[float, int]], float, int]:
@@ -697,6 +777,7 @@ class HealthTable:
         """Master: the limit and the balance policy every worker applies from now on."""
         _U64.pack_into(self.buf, _MAX_CONNECTIONS_OFF, max_connections)
         _U32.pack_into(self.buf, _BALANCE_OFF, int(balance))
+        self._stamp()
 
     def refresh_load(self) -> None:
         """Master, every LOAD_REFRESH: sum the live workers' gauges into the aggregate

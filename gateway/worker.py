@@ -73,10 +73,12 @@ from gateway.config import ConfigError
 from gateway.endpoints import Order, RosterEntry
 from gateway import picker
 from gateway.allowlist import AllowList
+from gateway.candidates import Candidates, View
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, G_ACCEPTED, G_DENIED, G_LIMITED, G_OPEN,
                             G_REJECTED, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0,
-                            TLS_CLIENT, TLS_MEMBER, Balance, HealthTable, tls_counter)
+                            N_COUNTERS, TLS_CLIENT, TLS_MEMBER, Balance, HealthTable,
+                            tls_counter)
 from gateway.listeners import Kind, Listener
 from gateway.loop import EXCLUSIVE, READ, WRITE, Loop, Timer
 from gateway.relay import ChannelPool, End, Session, close_fd, socket_for, splice_works
@@ -166,14 +168,18 @@ class Worker:
         self.tls = tls if tls is not None else gwtls.Material(settings.tls)
         self._tls_gen = table.tls_generation
         self.listeners = listeners
-        # fd -> (listener, offsets of its accepted and denied counters, the allow-list
+        # counts go straight into this worker's row of the table's cells (health.py
+        # `cells`): an endpoint slot's counters start at _row + slot * N_COUNTERS
+        self._cells = table.cells
+        self._row = table.cell(index, 0, 0)
+        # fd -> (listener, cells of its accepted and denied counters, the allow-list
         # that applies to it or None): what the accept path looks up per event
         self._doors = {lst.fileno(): (
-            lst, table.counter_offset(index, LISTENER0 + lst.slot, L_ACCEPTED),
-            table.counter_offset(index, LISTENER0 + lst.slot, L_DENIED),
+            lst, table.cell(index, LISTENER0 + lst.slot, L_ACCEPTED),
+            table.cell(index, LISTENER0 + lst.slot, L_DENIED),
             None if lst.kind == Kind.UNIX or not settings.allow_from else settings.allow_from)
             for lst in listeners}
-        self._denied_at = table.counter_offset(index, GATEWAY, G_DENIED)
+        self._denied_at = table.cell(index, GATEWAY, G_DENIED)
         self._deny_log = gwlog.Throttle()
         self.table = table
         self.settings = settings
@@ -185,9 +191,6 @@ class Worker:
         self.pool = ChannelPool(self.use_splice)
         self.session_count = 0  # live sessions are the poller's Session callbacks
         self.dials: set[Dial] = set()
-        self._roster_gen = -1
-        self._roster: list[RosterEntry] = []
-        self._order = Order.ROUND_ROBIN  # the roster's, as published with it
         self._sync_session = self._sync  # one bound method shared by every session
         self._debug = settings.log.debug
         self._dial_options = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
@@ -197,10 +200,10 @@ class Worker:
         self._recheck: Timer | None = None
         self._dialling: collections.Counter[int] = collections.Counter()  # slot -> dials
         self._drain_deadline = 0.0
-        self._accepted_at = table.counter_offset(index, GATEWAY, G_ACCEPTED)
-        self._rejected_at = table.counter_offset(index, GATEWAY, G_REJECTED)
-        self._open_at = table.counter_offset(index, GATEWAY, G_OPEN)
-        self._limited_at = table.counter_offset(index, GATEWAY, G_LIMITED)
+        self._accepted_at = table.cell(index, GATEWAY, G_ACCEPTED)
+        self._rejected_at = table.cell(index, GATEWAY, G_REJECTED)
+        self._open_at = table.cell(index, GATEWAY, G_OPEN)
+        self._limited_at = table.cell(index, GATEWAY, G_LIMITED)
         self._emfile_log = gwlog.Throttle()
         self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
@@ -210,6 +213,7 @@ class Worker:
         # a dial unanswered for this long, with no other succeeding, makes its member a
         # suspect before it times out (a quarter of the dial timeout)
         self._suspect_after = settings.dial_timeout * SUSPECT_FRACTION
+        self._members = Candidates(table, self._suspect_after)
 
     # -- life ------------------------------------------------------------------------
     def run(self) -> int:
@@ -367,7 +371,7 @@ class Worker:
         """--max-connections reached: stop reading the listeners (new clients wait in
         the kernel's backlog), look again shortly and whenever a client of ours goes."""
         if self._accepting != Accepting.FULL:
-            self.table.add_at(self._limited_at, 1)
+            self._cells[self._limited_at] += 1
             suppressed = self._limit_log.allow()
             if suppressed is not None:
                 logger.warning("connection limit reached: pausing accept", extra=gwlog.fields(
@@ -384,7 +388,7 @@ class Worker:
 
     def _client_gone(self) -> None:
         """A client of ours was closed: publish the count, maybe accept again."""
-        self.table.set_at(self._open_at, self._open_count())
+        self._cells[self._open_at] = self._open_count()
         if self._accepting == Accepting.FULL:
             self._resume_accepting()
         self._stop_if_drained()
@@ -417,9 +421,10 @@ class Worker:
                 self._limit_reached()
                 break
         if accepted:
-            self.table.add_at(self._accepted_at, accepted)
-            self.table.add_at(accepted_at, accepted)
-            self.table.set_at(self._open_at, self._open_count())
+            cells = self._cells
+            cells[self._accepted_at] += accepted
+            cells[accepted_at] += accepted
+            cells[self._open_at] = self._open_count()
 
     def _sweep_listeners(self) -> None:
         """Accept what waits, once a tick, without being woken. With EPOLLEXCLUSIVE a
@@ -440,9 +445,9 @@ class Worker:
         """A client outside --allow-from: closed at once, before any member is dialled;
         counted, and logged at most once a second with its address. Counted and logged
         before the close, so whoever sees the close also sees the count and the line."""
-        table = self.table
-        table.add_at(self._denied_at, 1)
-        table.add_at(denied_at, 1)
+        cells = self._cells
+        cells[self._denied_at] += 1
+        cells[denied_at] += 1
         suppressed = self._deny_log.allow()
         if suppressed is not None:
             logger.warning("refused client: not in --allow-from", extra=gwlog.fields(
@@ -462,25 +467,18 @@ class Worker:
                 worker=self.index, error=exc.strerror, pause=ACCEPT_PAUSE,
                 connections=self.session_count, repeats=suppressed))
 
-    def _current_roster(self) -> list[RosterEntry]:
-        gen = self.table.generation
-        if gen != self._roster_gen:
-            self._roster = self.table.roster()
-            self._order = self.table.policy
-            self._roster_gen = gen
-        return self._roster
-
-    def _candidates(self, roster: list[RosterEntry], up: list[bool]) -> list[RosterEntry]:
-        table = self.table
-        if table.balance == Balance.LEAST_CONNECTIONS:
+    def _candidates(self, view: View) -> list[RosterEntry]:
+        """The view's candidates in the order its policies choose for one dial."""
+        table, roster, up = self.table, view.entries, view.up
+        if view.balance == Balance.LEAST_CONNECTIONS:
             load = table.relayed_per_endpoint(self.index, [e.slot for e in roster])
             if self._dialling:
                 load = [n + self._dialling[e.slot] for n, e in zip(load, roster)]
-            if self._order == Order.RFC2782:
+            if view.order == Order.RFC2782:
                 return picker.least_connections(roster, up, load, table.next_rr(),
                                                 _priority, _weight)
             return picker.least_connections(roster, up, load, table.next_rr())
-        if self._order == Order.RFC2782:
+        if view.order == Order.RFC2782:
             return picker.rfc2782(roster, up, _priority, _weight, random.random)
         return picker.round_robin(roster, up, table.next_rr())
 
@@ -592,8 +590,7 @@ class Worker:
     def _count_handshake(self, side: int, reason: int | None = None) -> None:
         """Count a TLS handshake of `side` (TLS_CLIENT, TLS_MEMBER): completed (no
         reason), or failed for `reason` (tlsleg.failure_reason)."""
-        table = self.table
-        table.add_at(table.counter_offset(self.index, GATEWAY, tls_counter(side, reason)), 1)
+        self._cells[self._row + GATEWAY * N_COUNTERS + tls_counter(side, reason)] += 1
 
     def _client_left(self, dial: Dial, why: str) -> None:
         if self._debug:
@@ -617,39 +614,34 @@ class Worker:
 
     # -- dialing ---------------------------------------------------------------------
     def _start_dial(self, dial: Dial) -> None:
-        roster, up, dial.candidates = self._dial_candidates()
-        dial.deadline = time.monotonic() + self.settings.dial_total_timeout
-        if not any(up) and roster:
+        now = time.monotonic()
+        view, dial.candidates = self._dial_candidates(now)
+        dial.deadline = now + self.settings.dial_total_timeout
+        if not view.any_up and view.entries:
             suppressed = self._all_down_log.allow()
             if suppressed is not None:
                 logger.warning("all endpoints are down: trying each once for a new client",
                                extra=gwlog.fields(
-                                   endpoints=[e.endpoint.address for e in roster],
+                                   endpoints=[e.endpoint.address for e in view.entries],
                                    repeats=suppressed))
         self._dial_next(dial)
 
-    def _dial_candidates(self) -> tuple[list[RosterEntry], list[bool], list[RosterEntry]]:
-        """(roster, up marks, candidates in dial order) for one round of dials. Suspect
-        members (their latest dials timed out; not yet marked down) go after the other
-        healthy ones: a black-holed member among live ones costs the clients that meet
-        it first one dial timeout each, and the others nothing."""
-        table = self.table
-        # the one rule (health.py): a learner is never a candidate; a member whose
-        # role is not known yet is ordered with the members marked down
-        roster = [e for e in self._current_roster() if table.is_candidate(e.slot)]
-        up = [table.in_rotation(e.slot) for e in roster]
-        candidates = self._candidates(roster, up)
-        if len(candidates) > 1:
+    def _dial_candidates(self, now: float) -> tuple[View, list[RosterEntry]]:
+        """(the candidates as they stand, in dial order) for one round of dials.
+        Suspect members (their latest dials timed out; not yet marked down) go after
+        the other healthy ones: a black-holed member among live ones costs the clients
+        that meet it first one dial timeout each, and the others nothing."""
+        # the one rule (health.py): a learner is never a candidate (the view leaves
+        # them out); a member whose role is not known yet is ordered with the members
+        # marked down
+        view = self._members.view(now)
+        candidates = self._candidates(view)
+        rank = view.rank
+        if rank is not None:
             # the pickers put members out of rotation last; only suspects (health.py
             # `suspect`) move: after the other members in rotation, before those out
-            now, after = time.monotonic(), self._suspect_after
-            suspects = {e.slot for e, ok in zip(roster, up)
-                        if ok and table.suspect(e.slot, now, after)}
-            if suspects:
-                rank = {e.slot: 1 if e.slot in suspects else 0 if ok else 2
-                        for e, ok in zip(roster, up)}
-                candidates.sort(key=lambda e: rank[e.slot])  # stable within a rank
-        return roster, up, candidates
+            candidates.sort(key=lambda e: rank[e.slot])  # stable within a rank
+        return view, candidates
 
     def _next_round(self, dial: Dial) -> bool:
         """Every candidate failed. If one of them timed out (busy, or a lost SYN) and
@@ -657,7 +649,7 @@ class Worker:
         round at once (a timeout has already waited); False: the client is rejected."""
         if not dial.busy or time.monotonic() >= dial.deadline:
             return False
-        dial.candidates = self._dial_candidates()[2]
+        dial.candidates = self._dial_candidates(time.monotonic())[1]
         dial.next, dial.busy = 0, False
         dial.rounds += 1
         return bool(dial.candidates)
@@ -815,7 +807,7 @@ class Worker:
         them overtaken by a successful dial (health.py), or when a check agrees."""
         table = self.table
         slot = entry.slot
-        table.add_at(table.counter_offset(self.index, slot, C_DIAL_FAILURES), 1)
+        self._cells[self._row + slot * N_COUNTERS + C_DIAL_FAILURES] += 1
         in_a_row = table.note_dial_timeout(slot, started, time.monotonic())
         if in_a_row >= self.settings.timeout_fall:
             table.clear_dial_timeouts(slot)
@@ -832,14 +824,14 @@ class Worker:
 
     def _dial_failed(self, entry: RosterEntry, error: str) -> None:
         table = self.table
-        table.add_at(table.counter_offset(self.index, entry.slot, C_DIAL_FAILURES), 1)
+        self._cells[self._row + entry.slot * N_COUNTERS + C_DIAL_FAILURES] += 1
         if table.mark_down(entry.slot, error):
             logger.warning("deactivated endpoint", extra=gwlog.fields(
                 address=entry.endpoint.address, interval=table.retry_delay, error=error))
 
     def _reject(self, dial: Dial, reason: str) -> None:
         self.dials.discard(dial)
-        self.table.add_at(self._rejected_at, 1)
+        self._cells[self._rejected_at] += 1
         suppressed = self._reject_log.allow()
         if suppressed is not None:
             logger.warning("rejected client: no endpoint could be reached", extra=gwlog.fields(
@@ -882,10 +874,12 @@ class Worker:
         session.umask = registered
         if self._debug:
             session.peer, session.started = dial.peer, dial.started
-        table.add_at(table.counter_offset(self.index, slot, C_CONNECTIONS), 1)
-        table.add_at(table.counter_offset(self.index, slot, C_ACTIVE), 1)
+        cells, at = self._cells, self._row + slot * N_COUNTERS
+        cells[at + C_CONNECTIONS] += 1
+        cells[at + C_ACTIVE] += 1
         now = time.monotonic()
-        table.note_dial_ok(slot, now)  # alive: timed-out dials started before it are void
+        # alive: timed-out dials started before it are void
+        table.note_dial_ok(slot, now, self._suspect_after)
         table.observe_dial(self.index, slot, now - dial.started)
         self.session_count += 1
         if registered:
@@ -922,8 +916,9 @@ class Worker:
         self._flush_bytes(session)
         up, down = session.up.moved, session.down.moved
         session.close()
-        table = self.table
-        table.add_at(table.counter_offset(self.index, session.slot, C_ACTIVE), -1)
+        cells, active = self._cells, self._row + session.slot * N_COUNTERS + C_ACTIVE
+        if cells[active]:  # a gauge: never below zero (health.py `add_at`)
+            cells[active] -= 1
         if self._debug:
             logger.debug("connection closed", extra=gwlog.fields(
                 client=_address(session.peer), endpoint=self._address_of(session.slot),
@@ -943,14 +938,14 @@ class Worker:
     def _flush_bytes(self, session: Session) -> bool:
         """Add the bytes moved since the last flush to the shared counters; True if
         any moved."""
-        table, slot = self.table, session.slot
+        cells, at = self._cells, self._row + session.slot * N_COUNTERS
         up = session.up.moved - session.flushed_up
         if up:
-            table.add_at(table.counter_offset(self.index, slot, C_BYTES_SENT), up)
+            cells[at + C_BYTES_SENT] += up
             session.flushed_up += up
         down = session.down.moved - session.flushed_down
         if down:
-            table.add_at(table.counter_offset(self.index, slot, C_BYTES_RECEIVED), down)
+            cells[at + C_BYTES_RECEIVED] += down
             session.flushed_down += down
         return bool(up or down)
 
@@ -968,7 +963,7 @@ class Worker:
             self._finish(session)
 
     def _address_of(self, slot: int) -> str:
-        for entry in self._roster:
+        for entry in self._members.roster:
             if entry.slot == slot:
                 return entry.endpoint.address
         return f"slot {slot}"
