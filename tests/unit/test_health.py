@@ -344,3 +344,51 @@ def test_a_dial_unanswered_for_long_makes_a_suspect_unless_another_succeeds():
     assert not table.suspect(busy, now=10.3, after=0.25)
     table.note_dial_ok(silent, now=10.4)          # it answered after all
     assert not table.suspect(silent, now=11.0, after=0.25)
+
+
+# -- counts in place and the health stamp -------------------------------------------
+def test_a_count_a_worker_adds_to_its_cells_is_its_counter_at_once():
+    from gateway.health import GATEWAY, G_OPEN
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    w = table.claim_worker_slot(os.getpid())
+    cells = table.cells
+    cells[table.cell(w, slot, C_CONNECTIONS)] += 2
+    cells[table.cell(w, slot, 0) + C_BYTES_SENT] += 300  # a column's cells are consecutive
+    cells[table.cell(w, GATEWAY, G_OPEN)] = 4
+    assert table.counter(slot, C_CONNECTIONS) == 2
+    assert table.counter(slot, C_BYTES_SENT, worker=w) == 300
+    assert table.counter(GATEWAY, G_OPEN) == 4
+
+
+def test_the_health_stamp_moves_on_a_change_of_mark_not_on_a_repeated_one():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    stamp = table.health_stamp
+    assert table.mark_down(slot, "refused", now=1.0)
+    moved = table.health_stamp
+    assert moved != stamp
+    table.mark_down(slot, "refused again", now=2.0)
+    assert table.health_stamp == moved
+    assert table.mark_up(slot)
+    assert table.health_stamp != moved
+
+
+def test_a_success_moves_the_health_stamp_only_when_it_ends_a_suspicion():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    table.note_dial_start(slot, now=10.0)
+    stamp = table.health_stamp                   # a dial start moves none
+    table.note_dial_ok(slot, now=10.1, after=0.25)
+    assert table.health_stamp == stamp           # answered before it was a suspect
+    table.note_dial_start(slot, now=11.0)
+    table.note_dial_ok(slot, now=11.5, after=0.25)
+    assert table.health_stamp != stamp           # it was one: every view must drop it
+
+
+def test_the_suspect_expiry_is_when_a_waiting_dial_would_make_a_suspect():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    assert table.suspect_expiry(slot, now=10.0, after=0.25) == 10.25  # a dial from now on
+    table.note_dial_start(slot, now=9.9)
+    assert table.suspect_expiry(slot, now=10.0, after=0.25) == 9.9 + 0.25

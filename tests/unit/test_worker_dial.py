@@ -12,7 +12,8 @@ import pytest
 from gateway import log as gwlog
 from gateway.addresses import HostPort
 from gateway.endpoints import Endpoint
-from gateway.health import G_REJECTED, GATEWAY, HealthTable
+from gateway.health import (C_ACTIVE, C_BYTES_SENT, C_CONNECTIONS, C_DIAL_COUNT, G_ACCEPTED,
+                            G_OPEN, G_REJECTED, GATEWAY, HealthTable)
 from gateway.listeners import Kind, Listener, bind
 from gateway.worker import Accepting, State, Worker, WorkerSettings
 from tests.support.echo import HungListener
@@ -181,6 +182,50 @@ def test_the_tick_accepts_a_client_no_wakeup_announced(member):
             with conn:
                 conn.settimeout(5)
                 assert conn.recv(16) == b"hello"
+    finally:
+        worker._close_all()
+        worker.loop.close()
+
+
+def test_a_relayed_connection_is_in_the_tables_counters_as_it_opens_and_closes(member):
+    """No count waits for a flush: the master's load refresh, --max-connections and
+    the metrics read the table, so a session is counted there as it starts and ends."""
+    rig = Rig([member.getsockname()[1]])
+    table, index, slot = rig.table, rig.worker.index, rig.slots[0]
+    try:
+        rig.app.sendall(b"0123456789")
+        time.sleep(0.05)
+        rig.admit()
+        assert table.counter(slot, C_CONNECTIONS, worker=index) == 1
+        assert table.counter(slot, C_ACTIVE, worker=index) == 1
+        assert table.counter(slot, C_DIAL_COUNT, worker=index) == 1
+        conn, _ = member.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(64) == b"0123456789"
+        rig.app.close()
+        rig.run_until(lambda: rig.worker.session_count == 0)
+        assert table.counter(slot, C_ACTIVE, worker=index) == 0
+        assert table.counter(slot, C_BYTES_SENT, worker=index) == 10
+        assert table.counter(GATEWAY, G_OPEN, worker=index) == 0
+    finally:
+        rig.close()
+
+
+def test_accepted_clients_are_counted_in_the_table_with_the_open_count(member):
+    table = HealthTable()
+    table.publish([_endpoint(member.getsockname()[1])])
+    index = table.claim_worker_slot(os.getpid())
+    sock = bind(HostPort("127.0.0.1", 0))
+    door = Listener(sock, "front", Kind.TCP, None, slot=table.claim_listener_slot())
+    worker = Worker(index, [door], table, _settings(10.0), os.getppid())
+    worker._resume_accepting()
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=5):
+            time.sleep(0.05)
+            worker._sweep_listeners()
+            assert table.counter(GATEWAY, G_ACCEPTED, worker=index) == 1
+            assert table.counter(GATEWAY, G_OPEN, worker=index) == 1
     finally:
         worker._close_all()
         worker.loop.close()
