@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from gateway import picker
 from gateway.endpoints import Order, RosterEntry
 from gateway.health import Balance, HealthTable
 
@@ -28,13 +29,14 @@ class View:
     """The candidates as they stand: `entries` (roster order, learners left out), their
     `up` marks (in rotation), `rank` (slot -> IN_ROTATION, SUSPECT or OUT_OF_ROTATION;
     None when no candidate is a suspect), and the policies published with the roster."""
-    __slots__ = ("entries", "up", "any_up", "rank", "order", "balance")
+    __slots__ = ("entries", "up", "any_up", "healthy", "down", "rank", "order", "balance")
 
     def __init__(self, entries: list[RosterEntry], up: list[bool],
                  rank: dict[int, int] | None, order: Order, balance: Balance):
         self.entries = entries
         self.up = up
         self.any_up = any(up)
+        self.healthy, self.down = picker.split(entries, up)  # for picker.rotate
         self.rank = rank
         self.order = order
         self.balance = balance

@@ -29,12 +29,22 @@ T = TypeVar("T")
 
 def round_robin(entries: Sequence[T], up: Sequence[bool], counter: int) -> list[T]:
     """Healthy entries rotated by `counter`, then the unhealthy ones in roster order."""
-    healthy = [e for e, ok in zip(entries, up) if ok]
-    down = [e for e, ok in zip(entries, up) if not ok]
-    if healthy:
-        start = counter % len(healthy)
-        healthy = healthy[start:] + healthy[:start]
-    return healthy + down
+    return rotate(*split(entries, up), counter)
+
+
+def split(entries: Sequence[T], up: Sequence[bool]) -> tuple[list[T], list[T]]:
+    """(healthy, unhealthy) entries, each in roster order: `rotate`'s input, which a
+    caller that orders the same entries for many clients can keep."""
+    return ([e for e, ok in zip(entries, up) if ok],
+            [e for e, ok in zip(entries, up) if not ok])
+
+
+def rotate(healthy: list[T], down: list[T], counter: int) -> list[T]:
+    """`round_robin` of entries already `split`: a new list each call."""
+    if not healthy:
+        return list(down)
+    start = counter % len(healthy)
+    return healthy[start:] + healthy[:start] + down
 
 
 ZERO_WEIGHT_SHARE = 0.01  # all weight-0 records of a class together, when others weigh

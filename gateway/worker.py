@@ -50,7 +50,6 @@ shutdown timeout) -> stopped. A worker whose master is gone stops within a secon
 """
 from __future__ import annotations
 
-import collections
 import enum
 import fcntl
 import functools
@@ -70,7 +69,7 @@ from gateway import tls as gwtls
 from gateway import dial as dial_tcp
 from gateway.addresses import join_host_port
 from gateway.config import ConfigError
-from gateway.endpoints import Order, RosterEntry
+from gateway.endpoints import MAX_ENDPOINTS, Order, RosterEntry
 from gateway import picker
 from gateway.allowlist import AllowList
 from gateway.candidates import Candidates, View
@@ -198,7 +197,7 @@ class Worker:
         self._accepting = Accepting.NO_FDS  # until run() opens it
         self._registered = False
         self._recheck: Timer | None = None
-        self._dialling: collections.Counter[int] = collections.Counter()  # slot -> dials
+        self._dialling = [0] * MAX_ENDPOINTS  # endpoint slot -> this worker's dials under way
         self._drain_deadline = 0.0
         self._accepted_at = table.cell(index, GATEWAY, G_ACCEPTED)
         self._rejected_at = table.cell(index, GATEWAY, G_REJECTED)
@@ -472,15 +471,15 @@ class Worker:
         table, roster, up = self.table, view.entries, view.up
         if view.balance == Balance.LEAST_CONNECTIONS:
             load = table.relayed_per_endpoint(self.index, [e.slot for e in roster])
-            if self._dialling:
-                load = [n + self._dialling[e.slot] for n, e in zip(load, roster)]
+            dialling = self._dialling
+            load = [n + dialling[e.slot] for n, e in zip(load, roster)]
             if view.order == Order.RFC2782:
                 return picker.least_connections(roster, up, load, table.next_rr(),
                                                 _priority, _weight)
             return picker.least_connections(roster, up, load, table.next_rr())
         if view.order == Order.RFC2782:
             return picker.rfc2782(roster, up, _priority, _weight, random.random)
-        return picker.round_robin(roster, up, table.next_rr())
+        return picker.rotate(view.healthy, view.down, table.next_rr())
 
     # -- the client's phases before any dial: TLS handshake, first bytes ------------
     def _admit(self, client: int, addr: tuple | str) -> None:
@@ -842,11 +841,7 @@ class Worker:
 
     def _undial(self, entry: RosterEntry) -> None:
         """A dial in flight to `entry` ended (it counted toward its load)."""
-        left = self._dialling[entry.slot] - 1
-        if left > 0:
-            self._dialling[entry.slot] = left
-        else:
-            del self._dialling[entry.slot]
+        self._dialling[entry.slot] -= 1
 
     def _abandon_dial(self, dial: Dial) -> None:
         self._end_client_phase(dial)

@@ -96,3 +96,12 @@ def test_least_connections_weighs_load_by_srv_weight():
     # (6 + 1) / 3 < (2 + 1) / 1, but (9 + 1) / 3 > (2 + 1) / 1
     assert least_connections(entries, [True] * 2, [6, 2], 0, PRIO, WEIGHT)[0][0] == "heavy"
     assert least_connections(entries, [True] * 2, [9, 2], 0, PRIO, WEIGHT)[0][0] == "light"
+
+
+def test_rotating_a_kept_split_is_round_robin():
+    from gateway.picker import rotate, split
+    up = [True, False, True, True]
+    healthy, down = split("abcd", up)
+    for n in range(8):
+        assert rotate(healthy, down, n) == round_robin("abcd", up, n)
+    assert rotate(*split("ab", [False, False]), 3) == ["a", "b"]

@@ -124,7 +124,7 @@ def test_dials_under_way_when_the_worker_stops_are_abandoned(hung):
         assert rig.worker.state == State.DRAINING  # a dial under way keeps it draining
         rig.worker._close_all()
         assert not rig.worker.dials
-        assert not rig.worker._dialling
+        assert not any(rig.worker._dialling)
         assert not list(rig.worker.loop.registered())
         with pytest.raises(ConnectionResetError):
             rig.app.recv(1)
