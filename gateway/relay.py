@@ -6,10 +6,17 @@ per-worker `ChannelPool` only while it has bytes in flight, so an idle session h
 just its two sockets. Channels are a buffer used with readv/write, or a pipe used with
 `os.splice` (zero copy). Splice pays only for bulk: a small message costs two calls
 either way, but through a pipe each moves page references and pipe buffers where a
-copy of a few hundred bytes is cheaper, as HAProxy found. So each direction starts by
-copying (etcd's requests and responses, and a new connection's first bytes) and
-switches to splice, for good, once one read fills a whole buffer (`bulk`). Where
-splice or pipes are unavailable, every direction copies.
+copy of a few hundred bytes is cheaper, as HAProxy found. So each direction is a
+`Mode`: it starts SMALL, copying (etcd's requests and responses, and a new
+connection's first bytes), and becomes BULK, spliced, for good, once one read fills a
+whole buffer; a direction with a TLS leg is TLS, copied through the leg. Where splice
+or pipes are unavailable, every direction copies.
+
+A SMALL direction's readiness event is the one that etcd's traffic repeats, so it has
+its own short path (`_relay_small`): one readv into the pool's scratch buffer, one
+write of what came, and, when all of it went (the usual case), nothing else: no
+channel borrowed and returned, no interest to register (it did not change). Only what
+the destination did not take is copied into a borrowed buffer, to wait for WRITE.
 
 Invariants (as Go's splice_linux.go and sshuttle's ssnet.py learnt them):
 - a direction reads its source only while its channel is empty, so EAGAIN on a read
@@ -38,6 +45,7 @@ import enum
 import fcntl
 import os
 import socket
+import _socket
 import struct
 from typing import TYPE_CHECKING, Callable
 
@@ -157,6 +165,9 @@ class ChannelPool:
         self._buffers: list[CopyChannel] = []
         self.pipes_open = 0  # pipes in existence (lent + idle), for figures and tests
         self._lent_since_trim = False
+        # the one buffer every SMALL direction reads into and writes from at once
+        # (Session._relay_small): never lent, never holds bytes between events
+        self.scratch = CopyChannel()
 
     def get_buffer(self) -> CopyChannel:
         """A copy channel, whatever the mode (a direction not yet bulk, or with a TLS
@@ -216,12 +227,15 @@ class ChannelPool:
             self.discard(chan)
         self._pipes.clear()
         self._buffers.clear()
+        self.scratch.close()
 
 
-def socket_for(fd: int) -> socket.socket:
+def socket_for(fd: int) -> _socket.socket:
     """A temporary object for a socket option call on a raw fd; `detach()` it after.
-    Family and type are given, so CPython asks the kernel nothing to build it."""
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    Family and type are given, so CPython asks the kernel nothing to build it; the
+    C-level class, for it has no Python-level constructor to run (once or twice per
+    connection)."""
+    return _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
 
 
 def shutdown_write(fd: int) -> None:
@@ -245,11 +259,18 @@ def close_fd(fd: int, reset: bool) -> None:
     os.close(fd)
 
 
+class Mode(enum.Enum):
+    """How a direction moves its bytes."""
+    SMALL = "small"   # plain sockets, copied: the scratch-buffer fast path (Session._relay_small)
+    BULK = "bulk"     # plain sockets, a read filled a whole buffer: spliced from then on
+    TLS = "tls"       # a TLS leg on either end: copied through the leg, always
+
+
 class Direction:
     """Bytes from `src` to `dst` (fds). `pending` bytes sit in `chan`; `done` once EOF
     has been carried to `dst` (or the session died). `rleg`/`wleg`: the TLS legs on
     `src`/`dst`, if they speak TLS."""
-    __slots__ = ("src", "dst", "chan", "pending", "done", "moved", "rleg", "wleg", "bulk")
+    __slots__ = ("src", "dst", "chan", "pending", "done", "moved", "rleg", "wleg", "mode")
 
     def __init__(self, src: int, dst: int, rleg: "TlsLeg | None" = None,
                  wleg: "TlsLeg | None" = None):
@@ -261,7 +282,7 @@ class Direction:
         self.pending = 0
         self.done = False
         self.moved = 0
-        self.bulk = False  # a read filled a whole copy buffer: splice from then on
+        self.mode = Mode.SMALL if rleg is None and wleg is None else Mode.TLS
 
 
 class End(enum.Enum):
@@ -329,9 +350,64 @@ class Session:
     def __call__(self, fd: int, mask: int) -> None:
         """The poller's callback for both sockets."""
         if fd == self.client:
-            self._event(mask, self.up, self.down)
+            outgoing, incoming = self.up, self.down
         else:
-            self._event(mask, self.down, self.up)
+            outgoing, incoming = self.down, self.up
+        if mask == READ and outgoing.mode is Mode.SMALL and outgoing.chan is None:
+            # the common event of etcd's traffic: a small message to pass on
+            if not self._relay_small(outgoing):
+                self._settle()
+        else:
+            self._event(mask, outgoing, incoming)
+
+    def begin(self) -> None:
+        """The member is connected: pass on what the client has already sent (it
+        usually has spoken: this saves a wake-up), then register what the session
+        wants."""
+        if self.up.mode is Mode.SMALL:
+            self._relay_small(self.up)
+            self._settle()
+        else:
+            self._event(READ, self.up, self.down)
+
+    def _relay_small(self, d: Direction) -> bool:
+        """READ on a SMALL direction with nothing in flight: one read into the pool's
+        scratch buffer and one write of what came, no channel borrowed. True when the
+        session's interest is unchanged (nothing came, or all of a short read was
+        written): nothing to register. Otherwise (EOF, a partial write, a full
+        buffer, an error) the state moved and the caller settles it."""
+        scratch = self.pool.scratch
+        try:
+            n = os.readv(d.src, scratch.iov)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            self.end(End.RESET, exc.strerror or str(exc))
+            return False
+        try:
+            if n == 0:
+                self._carry_eof(d)
+                return False
+            d.moved += n
+            try:
+                written = os.write(d.dst, scratch.view[:n])
+            except BlockingIOError:
+                written = 0
+            if written == n and n < scratch.size:
+                return True
+            if written < n:
+                # the destination is full: keep the rest, wait for WRITE
+                chan = d.chan = self.pool.get_buffer()
+                chan.buf[:n - written] = scratch.view[written:n]
+                chan.start = 0
+                d.pending = n - written
+            if n == scratch.size:
+                d.mode = Mode.BULK  # a read filled a whole buffer: splice from now on
+                if not d.pending:
+                    self._pump(d)
+        except OSError as exc:
+            self.end(End.RESET, exc.strerror or str(exc))
+        return False
 
     def _event(self, mask: int, outgoing: Direction, incoming: Direction) -> None:
         """`outgoing` reads from the ready socket, `incoming` writes to it."""
@@ -346,6 +422,11 @@ class Session:
                 self._pump(outgoing)
         except OSError as exc:
             self.end(End.RESET, exc.strerror or str(exc))
+        self._settle()
+
+    def _settle(self) -> None:
+        """After an event: end the session if both directions are done, and have the
+        worker register what it now wants (or finish it)."""
         if self.finished:
             self.end(End.CLOSED)
         self.sync(self)
@@ -354,7 +435,7 @@ class Session:
         chan = d.chan
         rleg = d.rleg
         if chan is None:
-            if d.bulk:
+            if d.mode is Mode.BULK:
                 chan = d.chan = self.pool.get()
             else:
                 chan = d.chan = self.pool.get_buffer()
@@ -374,8 +455,8 @@ class Session:
                 return  # destination full: keep the channel, wait for WRITE
             if n < size and (rleg is None or not rleg.failed):
                 break  # a short read emptied the socket: epoll says when there is more
-            if not d.bulk and rleg is None and d.wleg is None:
-                d.bulk = True  # it filled a copy buffer: a bulk direction, splice it
+            if d.mode is Mode.SMALL:
+                d.mode = Mode.BULK  # it filled a copy buffer: a bulk direction, splice it
                 self.pool.put(chan)
                 chan = d.chan = self.pool.get()
                 size = chan.size

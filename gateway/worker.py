@@ -881,7 +881,7 @@ class Worker:
             # the upstream is registered for WRITE under the dial's callback: rebind it
             # (the session's first event sets the interest it wants)
             self.loop.rebind(session.upstream, session)
-        session(session.client, READ)  # the client has usually spoken: save a wake-up
+        session.begin()
 
     # -- sessions --------------------------------------------------------------------
     def _sync(self, session: Session) -> None:

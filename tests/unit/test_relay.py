@@ -14,7 +14,7 @@ import time
 import pytest
 
 from gateway.loop import Loop
-from gateway.relay import (PIPE_SIZE, ChannelPool, CopyChannel, End, Session, SpliceChannel,
+from gateway.relay import (PIPE_SIZE, ChannelPool, CopyChannel, End, Mode, Session, SpliceChannel,
                            splice_works)
 
 MODES = ["splice", "copy"]
@@ -309,7 +309,7 @@ def test_small_messages_are_copied_without_a_pipe(wired):
         driver.run_until(lambda: app.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                          if _readable(app) else False)
         assert app.recv(64) == b"response %d" % i
-    assert not session.up.bulk and not session.down.bulk
+    assert session.up.mode is Mode.SMALL and session.down.mode is Mode.SMALL
     assert driver.pool.pipes_open == 0  # not one pipe made, in either mode
 
 
@@ -328,10 +328,62 @@ def test_a_direction_that_fills_a_buffer_switches_to_splice_and_the_other_does_n
             got += app.recv(1 << 20)
     sender.join(5)
     assert bytes(got) == payload
-    assert session.down.bulk and not session.up.bulk
+    assert session.down.mode is Mode.BULK and session.up.mode is Mode.SMALL
     if driver.pool.use_splice:
         assert driver.pool.pipes_open >= 1  # the bulk direction went through a pipe
 
 
 def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_small_message_relayed_whole_changes_no_registration(wired):
+    driver, session, app, member = wired
+    member.settimeout(5)
+    calls = []
+    session.sync = lambda s: (calls.append(s), driver.sync(s))  # type: ignore[assignment]
+    for i in range(10):
+        app.sendall(b"put key%d" % i)
+        driver.run_until(lambda total=(i + 1) * 8: session.up.moved == total)
+        assert member.recv(64) == b"put key%d" % i
+    assert calls == []  # interest unchanged: nothing registered again
+    assert session.up.chan is None
+
+
+def test_a_small_message_the_destination_cannot_take_whole_waits_and_arrives_in_order(mode):
+    app, client = tcp_pair()
+    upstream, member = tcp_pair()
+    upstream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    member.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    driver = Driver(mode)
+    session = driver.start(client, upstream)
+    try:
+        sent = bytearray()
+        for i in range(20000):  # small messages, each passed on alone, until one sticks
+            message = b"%06d" % i + b"." * 994
+            app.sendall(message)
+            sent += message
+            driver.loop.run_once(0.05)
+            if session.up.pending:
+                break
+        assert session.up.pending                  # the member's buffers are full
+        assert session.up.mode is Mode.SMALL       # small messages: still copied
+        assert isinstance(session.up.chan, CopyChannel)
+        assert not session.client_interest() & select.EPOLLIN  # the client waits
+        app.shutdown(socket.SHUT_WR)
+        got = bytearray()
+        member.setblocking(False)
+        deadline = time.monotonic() + 10
+        while len(got) < len(sent):
+            assert time.monotonic() < deadline, "not every byte arrived"
+            driver.loop.run_once(0.01)
+            try:
+                got += member.recv(1 << 16)
+            except BlockingIOError:
+                pass
+        assert bytes(got) == bytes(sent)
+        assert session.up.mode is Mode.SMALL
+    finally:
+        driver.close()
+        for sock in (app, member):
+            sock.close()
