@@ -18,7 +18,7 @@ SETTINGS = WorkerSettings(dial_timeout=1.0, dial_total_timeout=10.0, timeout_fal
 class Exploding(Session):
     __slots__ = ()
 
-    def _event(self, mask, outgoing, incoming):
+    def __call__(self, fd, mask):
         raise RuntimeError("a bug in the relay")
 
 
