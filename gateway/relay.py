@@ -12,6 +12,13 @@ connection's first bytes), and becomes BULK, spliced, for good, once one read fi
 whole buffer; a direction with a TLS leg is TLS, copied through the leg. Where splice
 or pipes are unavailable, every direction copies.
 
+A BULK source read behind by BULK_LOWAT (that much waiting at one read: it streams
+faster than it is read) gets SO_RCVLOWAT = BULK_LOWAT, so the kernel wakes the worker
+for it once that much waits: fewer wake-ups, reads and ACKs per GB. EOF and errors
+still wake at once; a tail below the mark is never stranded: the pool's check
+(`ChannelPool.arm_lowat`) takes the mark back to 1 once a source was neither read nor
+fed for LOWAT_CHECK, which wakes the poller (a tail after a pause waits a few ms).
+
 A SMALL direction's readiness event is the one that etcd's traffic repeats, so it has
 its own short path (`_relay_small`): one readv into the pool's scratch buffer, one
 write of what came, and, when all of it went (the usual case), nothing else: no
@@ -47,6 +54,8 @@ import os
 import socket
 import _socket
 import struct
+import sys
+import termios
 from typing import TYPE_CHECKING, Callable
 
 from gateway.loop import READ, WRITE
@@ -59,9 +68,12 @@ PIPE_SIZE_BULK = 1 << 20   # a pipe a direction filled is grown to this (bulk tr
                            # 1 MiB moves a GB for 0.23-0.27 CPU s against 0.6-0.7 at 64 KiB
 BUFFER_SIZE = 1 << 16      # copy-mode buffer
 ROUNDS_PER_EVENT = 8       # fill/drain rounds per readiness event before yielding
+BULK_LOWAT = 1 << 19       # SO_RCVLOWAT of a streaming bulk source (see ChannelPool.arm_lowat)
+LOWAT_CHECK = 0.001        # period of the check that takes a stalled source's mark back to 1
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 LINGER_RESET = struct.pack("ii", 1, 0)
+_INT0 = bytes(4)           # ioctl's argument for an int result
 
 
 class SpliceChannel:
@@ -157,8 +169,11 @@ class ChannelPool:
     periodically, closes the idle ones when none was lent since the last call, so a
     burst does not leave its pipes (2 fds each) behind."""
 
-    def __init__(self, use_splice: bool, keep: int = 64):
+    def __init__(self, use_splice: bool, keep: int = 64,
+                 call_later: Callable[[float, Callable[[], None]], object] | None = None):
         self.use_splice = use_splice
+        self._call_later = call_later  # the worker loop's timers; None: no low-water marks
+        self._armed: list[Direction] = []  # sources whose SO_RCVLOWAT is BULK_LOWAT
         self.keep = keep
         self.bulk_size = min(PIPE_SIZE_BULK, _pipe_max_size())
         self._pipes: list[SpliceChannel] = []
@@ -222,7 +237,57 @@ class ChannelPool:
             self._buffers.clear()
         self._lent_since_trim = False
 
+    def arm_lowat(self, d: "Direction") -> None:
+        """A bulk source had BULK_LOWAT bytes or more waiting at one read: it streams
+        faster than it is read. Have the kernel wake the worker for it only once
+        BULK_LOWAT bytes wait (or at EOF, or an error): fewer wake-ups, reads and ACKs
+        per GB. A tail smaller than the mark must never stall, so while any source is
+        armed a check runs every LOWAT_CHECK: a source that was not read, and whose
+        receive queue did not change, over a whole period (a tail, or a pause) goes
+        back to a mark of 1, and the kernel wakes the poller at once if bytes wait
+        (tcp_set_rcvlowat). A tail waits at most about 3 x LOWAT_CHECK. The queue is
+        looked at only when nothing was read: a stream slower than the mark per period
+        is still filling its queue, and keeps its mark."""
+        if self._call_later is None:
+            return
+        try:
+            _set_rcvlowat(d.src, BULK_LOWAT)
+        except OSError:
+            return
+        d.lowat = True
+        d.seen = d.moved
+        d.queued = -1
+        self._armed.append(d)
+        if len(self._armed) == 1:
+            self._call_later(LOWAT_CHECK, self._check_lowat)
+
+    def _check_lowat(self) -> None:
+        still = []
+        for d in self._armed:
+            if d.done:  # EOF carried, or the session closed (its fds may be reused)
+                d.lowat = False
+                continue
+            if d.moved == d.seen:  # not read for a whole period: stalled, or filling?
+                try:
+                    queued = _queued(d.src)
+                    if queued == d.queued:  # nothing came either: wake for any byte
+                        d.lowat = False
+                        _set_rcvlowat(d.src, 1)
+                        continue
+                except OSError:  # a dead socket: its next read reports it
+                    d.lowat = False
+                    continue
+                d.queued = queued
+            d.seen = d.moved
+            still.append(d)
+        self._armed = still
+        if still and self._call_later is not None:
+            self._call_later(LOWAT_CHECK, self._check_lowat)
+
     def close(self) -> None:
+        for d in self._armed:
+            d.lowat = False
+        self._armed.clear()
         for chan in self._pipes + self._buffers:
             self.discard(chan)
         self._pipes.clear()
@@ -236,6 +301,19 @@ def socket_for(fd: int) -> _socket.socket:
     C-level class, for it has no Python-level constructor to run (once or twice per
     connection)."""
     return _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+
+
+def _queued(fd: int) -> int:
+    """Bytes waiting in a socket's receive queue (SIOCINQ)."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, _INT0), sys.byteorder, signed=True)
+
+
+def _set_rcvlowat(fd: int, size: int) -> None:
+    sock = socket_for(fd)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+    finally:
+        sock.detach()
 
 
 def shutdown_write(fd: int) -> None:
@@ -270,7 +348,8 @@ class Direction:
     """Bytes from `src` to `dst` (fds). `pending` bytes sit in `chan`; `done` once EOF
     has been carried to `dst` (or the session died). `rleg`/`wleg`: the TLS legs on
     `src`/`dst`, if they speak TLS."""
-    __slots__ = ("src", "dst", "chan", "pending", "done", "moved", "rleg", "wleg", "mode")
+    __slots__ = ("src", "dst", "chan", "pending", "done", "moved", "rleg", "wleg", "mode",
+                 "lowat", "seen", "queued")
 
     def __init__(self, src: int, dst: int, rleg: "TlsLeg | None" = None,
                  wleg: "TlsLeg | None" = None):
@@ -283,6 +362,9 @@ class Direction:
         self.done = False
         self.moved = 0
         self.mode = Mode.SMALL if rleg is None and wleg is None else Mode.TLS
+        self.lowat = False  # its source's SO_RCVLOWAT is BULK_LOWAT (ChannelPool.arm_lowat)
+        self.seen = 0       # `moved` at the pool's last low-water check
+        self.queued = -1    # bytes its source held at that check, if it had read nothing
 
 
 class End(enum.Enum):
@@ -450,6 +532,8 @@ class Session:
                 break
             d.pending = n
             d.moved += n
+            if n >= BULK_LOWAT and not d.lowat:  # only a pipe holds that much at once
+                self.pool.arm_lowat(d)
             self._drain(d)
             if d.pending:
                 return  # destination full: keep the channel, wait for WRITE

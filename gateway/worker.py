@@ -187,7 +187,7 @@ class Worker:
         # made here, after fork: an inherited epoll fd would share the master's list
         self.loop = Loop(on_error=self._handler_failed)
         self.use_splice = splice_works()
-        self.pool = ChannelPool(self.use_splice)
+        self.pool = ChannelPool(self.use_splice, call_later=self.loop.call_later)
         self.session_count = 0  # live sessions are the poller's Session callbacks
         self.dials: set[Dial] = set()
         self._sync_session = self._sync  # one bound method shared by every session

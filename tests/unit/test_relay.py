@@ -11,10 +11,14 @@ import struct
 import threading
 import time
 
+import fcntl
+import termios
+
 import pytest
 
+from gateway import relay
 from gateway.loop import Loop
-from gateway.relay import (PIPE_SIZE, ChannelPool, CopyChannel, End, Mode, Session, SpliceChannel,
+from gateway.relay import (BULK_LOWAT, PIPE_SIZE, ChannelPool, CopyChannel, End, Mode, Session, SpliceChannel,
                            splice_works)
 
 MODES = ["splice", "copy"]
@@ -25,7 +29,7 @@ class Driver:
 
     def __init__(self, mode: str):
         self.loop = Loop()
-        self.pool = ChannelPool(use_splice=(mode == "splice"))
+        self.pool = ChannelPool(use_splice=(mode == "splice"), call_later=self.loop.call_later)
         self.ended: list[Session] = []
         self.live: list[Session] = []
 
@@ -387,3 +391,103 @@ def test_a_small_message_the_destination_cannot_take_whole_waits_and_arrives_in_
         driver.close()
         for sock in (app, member):
             sock.close()
+
+
+def _rcvlowat(fd: int) -> int:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+    finally:
+        sock.close()
+
+
+def _queued(fd: int) -> int:
+    """Bytes waiting in a socket's receive queue (SIOCINQ)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
+@pytest.fixture
+def streaming(monkeypatch):
+    """A splice session whose client has sent 3 MiB before the gateway read any of it
+    (more than BULK_LOWAT waits at one read), relayed to a member reading it all; the
+    low-water check runs every 0.2 s, so the mark stays for a while after the burst."""
+    monkeypatch.setattr(relay, "LOWAT_CHECK", 0.2)
+    app, client = tcp_pair()
+    upstream, member = tcp_pair()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    driver = Driver("splice")
+    session = driver.start(client, upstream)
+    burst = os.urandom(3 << 20)
+    sender = threading.Thread(target=app.sendall, args=(burst,))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while _queued(session.client) < 2 * BULK_LOWAT:
+        assert time.monotonic() < deadline, "the burst did not queue up"
+        time.sleep(0.01)
+    member.setblocking(False)
+    got = bytearray()
+
+    def receive() -> None:
+        try:
+            while True:
+                chunk = member.recv(1 << 20)
+                if not chunk:
+                    return
+                got.extend(chunk)
+        except BlockingIOError:
+            pass
+
+    deadline = time.monotonic() + 10
+    while len(got) < len(burst):
+        assert time.monotonic() < deadline, "the burst did not arrive"
+        driver.loop.run_once(0.01)
+        receive()
+    sender.join(5)
+    assert bytes(got) == burst
+    yield driver, session, app, member, got, receive
+    driver.close()
+    for sock in (app, member):
+        sock.close()
+
+
+def test_a_bulk_source_read_behind_by_more_than_the_mark_wakes_only_at_the_mark(streaming):
+    driver, session, app, member, got, receive = streaming
+    assert session.up.lowat
+    assert _rcvlowat(session.client) == BULK_LOWAT
+    assert not session.down.lowat and _rcvlowat(session.upstream) == 1
+
+
+def test_a_tail_below_the_mark_after_a_pause_is_not_stalled(streaming):
+    driver, session, app, member, got, receive = streaming
+    assert session.up.lowat  # the mark is still up when the tail comes
+    start = len(got)
+    app.sendall(b"tail" * 100)
+    deadline = time.monotonic() + 5
+    while len(got) < start + 400:
+        assert time.monotonic() < deadline, "a tail below the low-water mark stalled"
+        driver.loop.run_once(0.01)
+        receive()
+    assert bytes(got[start:]) == b"tail" * 100
+    assert not session.up.lowat and _rcvlowat(session.client) == 1  # back to any byte
+
+
+def test_a_tail_below_the_mark_then_eof_arrive_in_order_and_end_the_session(streaming):
+    driver, session, app, member, got, receive = streaming
+    start = len(got)
+    app.sendall(b"last" * 50)
+    app.shutdown(socket.SHUT_WR)
+    member.shutdown(socket.SHUT_WR)
+    driver.run_until(lambda: session.ended, timeout=5)
+    receive()
+    assert bytes(got[start:]) == b"last" * 50
+    assert session.ended is End.CLOSED
+
+
+def test_a_session_closed_with_its_source_marked_is_dropped_by_the_check(streaming):
+    driver, session, app, member, got, receive = streaming
+    assert session.up.lowat
+    session.end(End.SHUTDOWN)
+    driver.sync(session)
+    driver.settle(0.5)  # two checks: none touches the closed fds
+    assert not session.up.lowat
+    assert driver.pool._armed == []
