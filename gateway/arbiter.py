@@ -311,7 +311,8 @@ class Arbiter:
                               dial_total_timeout=c.dial_total_timeout,
                               timeout_fall=c.health_check_fall,
                               shutdown_timeout=c.shutdown_timeout, keepalive=c.keepalive,
-                              idle_timeout=c.idle_timeout, log=c.log_settings,
+                              idle_timeout=c.idle_timeout, busy_poll=c.busy_poll,
+                              log=c.log_settings,
                               allow_from=c.allow_from, tls=self.tls.options)
 
     # -- workers -----------------------------------------------------------------------

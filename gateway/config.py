@@ -48,6 +48,18 @@ def _duration_or_zero(text: str) -> float:
     return seconds
 
 
+BUSY_POLL_MAX = 0.001  # seconds: a longer spin only burns more CPU per event
+
+
+def _busy_poll(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    if seconds > BUSY_POLL_MAX:
+        raise ValueError("at most 1ms (a worker spins this long after each busy turn)")
+    return seconds
+
+
 def _keepalive(text: str) -> float:
     return keepalive.parse_seconds(parse_duration(text))
 
@@ -295,6 +307,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle-timeout", _duration_or_zero, "0s",
            "Close a session that moved no byte in either direction for this long "
            "(0 = never; checked every half second).", origin="new", metavar="DURATION"),
+    Option("busy-poll", _busy_poll, "0s",
+           "After a turn that handled events, a worker polls without sleeping for up "
+           "to this long before it sleeps (0 = off; at most 1ms). Saves the wake-up "
+           "of the next event on a connection that answers fast (one client doing "
+           "requests in sequence: about twice the requests per second here, at "
+           "200us), for CPU: a worker then stays busy while traffic flows. HAProxy's "
+           "busy-polling.", origin="new", metavar="DURATION"),
     Option("shutdown-timeout", _duration, "30s",
            "On SIGTERM/SIGINT, how long open connections may drain before they are closed.",
            origin="new", metavar="DURATION"),
@@ -380,6 +399,7 @@ class Config:
     worker_timeout: float
     keepalive: float
     idle_timeout: float
+    busy_poll: float
     shutdown_timeout: float
     health_check: str
     health_check_interval: float

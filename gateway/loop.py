@@ -9,7 +9,10 @@ an idle connection costs two dict entries instead of two SelectorKey tuples and 
 bound methods (about 0.3 KiB less per connection), and each ready event is one dict
 lookup instead of a key object and a result tuple. EPOLLERR/EPOLLHUP are reported as
 READ|WRITE, as selectors does, so errors are learnt from the next read or write.
-Timers are a heap of `Timer` objects cancelled by flag (no heap surgery). Signal handlers only record: the
+Timers are a heap of `Timer` objects cancelled by flag (no heap surgery). With
+`busy_poll` (--busy-poll), a turn that handled events is followed by polls that do not
+sleep, for at most that long, before the usual sleeping poll: the next event of a
+connection that answers fast is taken without a wake-up, for CPU. Signal handlers only record: the
 C-level handler writes the signal number to a non-blocking socketpair
 (`signal.set_wakeup_fd`), the loop reads it like any other fd and hands each number to
 `on_signal` in normal context, where logging, reaping and exiting are safe. Nothing
@@ -55,6 +58,7 @@ EXCLUSIVE = select.EPOLLEXCLUSIVE
 _ERROR = select.EPOLLERR | select.EPOLLHUP
 
 Callback = Callable[[int, int], None]
+_MAX_EVENTS = 256  # events taken per poll (select.epoll's default allocates room for 1023)
 
 
 class Loop:
@@ -62,8 +66,11 @@ class Loop:
     error: those are handled where they happen); by default it logs, and the loop goes
     on, so one bad event cannot take a whole process and its connections down."""
 
-    def __init__(self, on_error: Callable[[object, BaseException], None] | None = None) -> None:
+    def __init__(self, on_error: Callable[[object, BaseException], None] | None = None,
+                 busy_poll: float = 0.0) -> None:
         self._epoll = select.epoll()
+        self._busy_poll = busy_poll   # seconds to poll without sleeping after a busy turn
+        self._busy = False            # the last turn handled events
         self._callbacks: dict[int, Callback] = {}
         self.on_error = on_error or _log_error
         self._timers: list[Timer] = []
@@ -143,7 +150,10 @@ class Loop:
     # -- one turn --------------------------------------------------------------------
     def run_once(self, max_wait: float = 1.0) -> None:
         callbacks = self._callbacks
-        events = self._epoll.poll(self._timeout(max_wait))
+        events = self._spin() if self._busy else None
+        if not events:
+            events = self._epoll.poll(self._timeout(max_wait), _MAX_EVENTS)
+        self._busy = bool(events) and self._busy_poll > 0
         # each event goes to the registration it was reported for: if an earlier
         # callback in this batch closed that fd and the number was reused by a new
         # socket (a new dial, a new session), the stale event must not reach it
@@ -158,6 +168,21 @@ class Loop:
             except Exception as exc:  # noqa: BLE001 - see on_error
                 self.on_error(callback, exc)
         self._run_timers()
+
+    def _spin(self) -> list[tuple[int, int]]:
+        """Busy polling (--busy-poll): the last turn handled events, so the next one
+        may be close: poll without sleeping until something is ready or the spin's
+        budget is spent (then the caller sleeps as usual). A due timer ends the spin."""
+        poll = self._epoll.poll
+        now = time.monotonic()
+        until = now + self._busy_poll
+        timers = self._timers
+        if timers and timers[0].deadline < until:
+            until = timers[0].deadline
+        while True:
+            events = poll(0, _MAX_EVENTS)
+            if events or time.monotonic() >= until:
+                return events
 
     # -- signals ---------------------------------------------------------------------
     def handle_signals(self, signums: Iterable[int], on_signal: Callable[[int], None]) -> None:

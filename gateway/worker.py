@@ -120,6 +120,7 @@ class WorkerSettings:
     log: gwlog.Settings
     keepalive: float = 15.0     # --keepalive (0: the kernel's defaults)
     idle_timeout: float = 0.0   # --idle-timeout (0: never)
+    busy_poll: float = 0.0      # --busy-poll (0: sleep as soon as nothing is ready)
     allow_from: AllowList = AllowList(())  # --allow-from (empty: everyone), TCP listeners
     tls: gwtls.TlsOptions = gwtls.NO_TLS
 
@@ -185,7 +186,7 @@ class Worker:
         self.master_pid = master_pid
         self.state = State.SERVING
         # made here, after fork: an inherited epoll fd would share the master's list
-        self.loop = Loop(on_error=self._handler_failed)
+        self.loop = Loop(on_error=self._handler_failed, busy_poll=settings.busy_poll)
         self.use_splice = splice_works()
         self.pool = ChannelPool(self.use_splice, call_later=self.loop.call_later)
         self.session_count = 0  # live sessions are the poller's Session callbacks

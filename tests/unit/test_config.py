@@ -100,6 +100,8 @@ def test_go_durations_parse():
     (["--max-connections=1.5"], ["--max-connections", "'1.5'"]),
     (["--max-connections=99999999999"], ["--max-connections", "99999999999"]),
     (["--balance=leastconn"], ["--balance", "'leastconn'"]),
+    (["--busy-poll=2ms"], ["--busy-poll", "'2ms'", "at most 1ms"]),
+    (["--busy-poll=-1us"], ["--busy-poll", "'-1us'"]),
 ])
 def test_bad_values_are_refused_with_one_line_naming_option_and_value(argv, names):
     message = refused(*argv)

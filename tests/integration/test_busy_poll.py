@@ -1,0 +1,52 @@
+"""--busy-poll: after a turn that handled events a worker polls without sleeping for a
+bounded time, then sleeps as usual (strace attached to the real worker)."""
+import re
+import socket
+import time
+
+import pytest
+
+from tests.support import syscalls
+from tests.support.clients import roundtrip
+from tests.support.echo import EchoServer
+from tests.support.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+_TIMEOUT = re.compile(r"epoll_wait\(\d+, .*, (-?\d+)\) += (\d+)")
+
+
+def polls_around_one_request(gateway_factory, tmp_path, *extra) -> list[tuple[int, int]]:
+    """(timeout ms, events) of each epoll_wait of the worker for one request and the
+    second of quiet after it."""
+    trace = tmp_path / "strace.out"
+    with EchoServer() as echo:
+        port = free_port()
+        gw = gateway_factory([f"--endpoints={echo.addr}", f"--listen-addr=127.0.0.1:{port}",
+                              "--workers=1", "--health-check=none", *extra])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            assert roundtrip(client, b"warm") == b"warm"
+            with syscalls.traced(gw.worker_pids()[0], "epoll_wait", trace):
+                assert roundtrip(client, b"ping") == b"ping"   # relayed as usual
+                time.sleep(1.0)
+    return [(int(m.group(1)), int(m.group(2)))
+            for m in map(_TIMEOUT.search, syscalls.lines(trace, "epoll_wait")) if m]
+
+
+def test_a_busy_polling_worker_polls_without_sleeping_after_an_event(gateway_factory, tmp_path):
+    polls = polls_around_one_request(gateway_factory, tmp_path, "--busy-poll=1ms")
+    assert any(timeout == 0 for timeout, _ in polls), polls
+
+
+def test_a_busy_polling_worker_sleeps_again_when_nothing_comes(gateway_factory, tmp_path):
+    polls = polls_around_one_request(gateway_factory, tmp_path, "--busy-poll=1ms")
+    spins = [i for i, (timeout, _) in enumerate(polls) if timeout == 0]
+    sleeps = [i for i, (timeout, _) in enumerate(polls) if timeout > 0]
+    assert spins and sleeps and sleeps[-1] > spins[-1], polls  # it went back to sleep
+    assert len(spins) < 1000, "it kept spinning through the quiet second"
+
+
+def test_without_busy_poll_a_worker_sleeps_as_soon_as_nothing_is_ready(gateway_factory,
+                                                                       tmp_path):
+    polls = polls_around_one_request(gateway_factory, tmp_path)
+    assert sum(1 for timeout, events in polls if timeout == 0 and events == 0) <= 1, polls
