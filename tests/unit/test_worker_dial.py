@@ -165,13 +165,7 @@ def test_a_refused_connect_is_not_taken_for_an_established_one():
 def test_the_tick_accepts_a_client_no_wakeup_announced(member):
     """With exclusive wake-ups, a client whose wake-up went to a worker that stopped
     before accepting is announced to no other worker: each tick accepts unbidden."""
-    table = HealthTable()
-    table.publish([_endpoint(member.getsockname()[1])])
-    index = table.claim_worker_slot(os.getpid())
-    sock = bind(HostPort("127.0.0.1", 0))
-    door = Listener(sock, "front", Kind.TCP, None, slot=table.claim_listener_slot())
-    worker = Worker(index, [door], table, _settings(10.0), os.getppid())
-    worker._resume_accepting()
+    table, index, sock, worker = _accepting_worker(member)
     try:
         with socket.create_connection(sock.getsockname(), timeout=5) as app:
             app.sendall(b"hello")
@@ -213,13 +207,7 @@ def test_a_relayed_connection_is_in_the_tables_counters_as_it_opens_and_closes(m
 
 
 def test_accepted_clients_are_counted_in_the_table_with_the_open_count(member):
-    table = HealthTable()
-    table.publish([_endpoint(member.getsockname()[1])])
-    index = table.claim_worker_slot(os.getpid())
-    sock = bind(HostPort("127.0.0.1", 0))
-    door = Listener(sock, "front", Kind.TCP, None, slot=table.claim_listener_slot())
-    worker = Worker(index, [door], table, _settings(10.0), os.getppid())
-    worker._resume_accepting()
+    table, index, sock, worker = _accepting_worker(member)
     try:
         with socket.create_connection(sock.getsockname(), timeout=5):
             time.sleep(0.05)
@@ -229,3 +217,16 @@ def test_accepted_clients_are_counted_in_the_table_with_the_open_count(member):
     finally:
         worker._close_all()
         worker.loop.close()
+
+
+def _accepting_worker(member) -> tuple[HealthTable, int, socket.socket, Worker]:
+    """A worker (in this process) reading one TCP listener, dialling `member`:
+    (table, its worker index, the listening socket, the worker)."""
+    table = HealthTable()
+    table.publish([_endpoint(member.getsockname()[1])])
+    index = table.claim_worker_slot(os.getpid())
+    sock = bind(HostPort("127.0.0.1", 0))
+    door = Listener(sock, "front", Kind.TCP, None, slot=table.claim_listener_slot())
+    worker = Worker(index, [door], table, _settings(10.0), os.getppid())
+    worker._resume_accepting()
+    return table, index, sock, worker
