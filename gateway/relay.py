@@ -297,9 +297,9 @@ class ChannelPool:
 
 def socket_for(fd: int) -> _socket.socket:
     """A temporary object for a socket option call on a raw fd; `detach()` it after.
-    Family and type are given, so CPython asks the kernel nothing to build it; the
-    C-level class, for it has no Python-level constructor to run (once or twice per
-    connection)."""
+    The C-level class, for it has no Python-level constructor to run (once or twice per
+    connection). Family and type are given, but CPython still checks the fd with one
+    getsockname(2): a shutdown costs two system calls this way (strace -c)."""
     return _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
 
 
