@@ -309,9 +309,14 @@ def _queued(fd: int) -> int:
 
 
 def _set_rcvlowat(fd: int, size: int) -> None:
+    setsockopt_fd(fd, socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+
+
+def setsockopt_fd(fd: int, level: int, option: int, value: int | bytes) -> None:
+    """setsockopt(2) on a raw fd (OSError as the call raises it)."""
     sock = socket_for(fd)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+        sock.setsockopt(level, option, value)
     finally:
         sock.detach()
 
@@ -327,13 +332,10 @@ def shutdown_write(fd: int) -> None:
 def close_fd(fd: int, reset: bool) -> None:
     """Close a socket fd; with `reset`, SO_LINGER 0 first, so the peer sees an RST."""
     if reset:
-        sock = socket_for(fd)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            setsockopt_fd(fd, socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         except OSError:
             pass
-        finally:
-            sock.detach()
     os.close(fd)
 
 

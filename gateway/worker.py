@@ -169,7 +169,9 @@ class Worker:
         self._tls_gen = table.tls_generation
         self.listeners = listeners
         # counts go straight into this worker's row of the table's cells (health.py
-        # `cells`): an endpoint slot's counters start at _row + slot * N_COUNTERS
+        # `cells`); the per-connection ones (_connected, _finish, _flush_bytes) index
+        # it inline, an endpoint slot's counters starting at _row + slot * N_COUNTERS;
+        # the rarer ones ask the table (`cell`)
         self._cells = table.cells
         self._row = table.cell(index, 0, 0)
         # fd -> (listener, cells of its accepted and denied counters, the allow-list
@@ -590,7 +592,7 @@ class Worker:
     def _count_handshake(self, side: int, reason: int | None = None) -> None:
         """Count a TLS handshake of `side` (TLS_CLIENT, TLS_MEMBER): completed (no
         reason), or failed for `reason` (tlsleg.failure_reason)."""
-        self._cells[self._row + GATEWAY * N_COUNTERS + tls_counter(side, reason)] += 1
+        self._cells[self.table.cell(self.index, GATEWAY, tls_counter(side, reason))] += 1
 
     def _client_left(self, dial: Dial, why: str) -> None:
         if self._debug:
@@ -807,7 +809,7 @@ class Worker:
         them overtaken by a successful dial (health.py), or when a check agrees."""
         table = self.table
         slot = entry.slot
-        self._cells[self._row + slot * N_COUNTERS + C_DIAL_FAILURES] += 1
+        self._cells[table.cell(self.index, slot, C_DIAL_FAILURES)] += 1
         in_a_row = table.note_dial_timeout(slot, started, time.monotonic())
         if in_a_row >= self.settings.timeout_fall:
             table.clear_dial_timeouts(slot)
@@ -824,7 +826,7 @@ class Worker:
 
     def _dial_failed(self, entry: RosterEntry, error: str) -> None:
         table = self.table
-        self._cells[self._row + entry.slot * N_COUNTERS + C_DIAL_FAILURES] += 1
+        self._cells[table.cell(self.index, entry.slot, C_DIAL_FAILURES)] += 1
         if table.mark_down(entry.slot, error):
             logger.warning("deactivated endpoint", extra=gwlog.fields(
                 address=entry.endpoint.address, interval=table.retry_delay, error=error))
