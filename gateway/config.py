@@ -307,13 +307,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle-timeout", _duration_or_zero, "0s",
            "Close a session that moved no byte in either direction for this long "
            "(0 = never; checked every half second).", origin="new", metavar="DURATION"),
-    Option("busy-poll", _busy_poll, "0s",
-           "After a turn that handled events, a worker polls without sleeping for up "
-           "to this long before it sleeps (0 = off; at most 1ms). Saves the wake-up "
-           "of the next event on a connection that answers fast (one client doing "
-           "requests in sequence: about twice the requests per second here, at "
-           "200us), for CPU: a worker then stays busy while traffic flows. HAProxy's "
-           "busy-polling.", origin="new", metavar="DURATION"),
+    Option("busy-poll", _busy_poll, "50us",
+           "The longest a worker polls without sleeping after a turn that handled "
+           "events, before it sleeps (0 = never; at most 1ms). Adaptive, as KVM's "
+           "halt-polling: the spin grows (from 10us, doubling) while events come "
+           "within this long of the last turn, and stops at once when one does not; "
+           "an empty poll yields the CPU to any process ready to run. Saves the "
+           "wake-up of the next event on a connection that answers fast (one client "
+           "doing requests in sequence: about twice the requests per second here), "
+           "for CPU that would otherwise be idle. HAProxy's busy-polling, which is "
+           "not adaptive and off by default.", origin="new", metavar="DURATION"),
     Option("shutdown-timeout", _duration, "30s",
            "On SIGTERM/SIGINT, how long open connections may drain before they are closed.",
            origin="new", metavar="DURATION"),

@@ -11,8 +11,12 @@ lookup instead of a key object and a result tuple. EPOLLERR/EPOLLHUP are reporte
 READ|WRITE, as selectors does, so errors are learnt from the next read or write.
 Timers are a heap of `Timer` objects cancelled by flag (no heap surgery). With
 `busy_poll` (--busy-poll), a turn that handled events is followed by polls that do not
-sleep, for at most that long, before the usual sleeping poll: the next event of a
-connection that answers fast is taken without a wake-up, for CPU. Signal handlers only record: the
+sleep, before the usual sleeping poll: the next event of a connection that answers
+fast is taken without a wake-up. How long it spins adapts as KVM's halt-polling does
+(`_adapt`): from none, it grows while events come within `busy_poll` of a busy turn
+and drops to none when one does not, so sparse traffic costs no spin; an empty poll
+yields the CPU (sched_yield), so the spin takes only time no other ready process
+wants. Signal handlers only record: the
 C-level handler writes the signal number to a non-blocking socketpair
 (`signal.set_wakeup_fd`), the loop reads it like any other fd and hands each number to
 `on_signal` in normal context, where logging, reaping and exiting are safe. Nothing
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import select
 import signal
 import socket
@@ -59,6 +64,7 @@ _ERROR = select.EPOLLERR | select.EPOLLHUP
 
 Callback = Callable[[int, int], None]
 _MAX_EVENTS = 256  # events taken per poll (select.epoll's default allocates room for 1023)
+SPIN_START = 10e-6  # seconds: the first spin once spinning pays (KVM's halt_poll_ns_grow_start)
 
 
 class Loop:
@@ -69,7 +75,8 @@ class Loop:
     def __init__(self, on_error: Callable[[object, BaseException], None] | None = None,
                  busy_poll: float = 0.0) -> None:
         self._epoll = select.epoll()
-        self._busy_poll = busy_poll   # seconds to poll without sleeping after a busy turn
+        self._spin_max = busy_poll    # --busy-poll: the longest spin after a busy turn
+        self._window = 0.0            # the spin now (adapted: see _adapt)
         self._busy = False            # the last turn handled events
         self._callbacks: dict[int, Callback] = {}
         self.on_error = on_error or _log_error
@@ -148,12 +155,19 @@ class Loop:
         return max(0.0, min(max_wait, timers[0].deadline - time.monotonic()))
 
     # -- one turn --------------------------------------------------------------------
+    @property
+    def spin(self) -> float:
+        """How long the turn after a busy one polls without sleeping (seconds; 0:
+        it sleeps at once), as adapted so far."""
+        return self._window
+
     def run_once(self, max_wait: float = 1.0) -> None:
         callbacks = self._callbacks
-        events = self._spin() if self._busy else None
-        if not events:
+        if self._busy:
+            events = self._spin_then_poll(max_wait)
+        else:
             events = self._epoll.poll(self._timeout(max_wait), _MAX_EVENTS)
-        self._busy = bool(events) and self._busy_poll > 0
+        self._busy = bool(events) and self._spin_max > 0
         # each event goes to the registration it was reported for: if an earlier
         # callback in this batch closed that fd and the number was reused by a new
         # socket (a new dial, a new session), the stale event must not reach it
@@ -169,20 +183,43 @@ class Loop:
                 self.on_error(callback, exc)
         self._run_timers()
 
-    def _spin(self) -> list[tuple[int, int]]:
-        """Busy polling (--busy-poll): the last turn handled events, so the next one
-        may be close: poll without sleeping until something is ready or the spin's
-        budget is spent (then the caller sleeps as usual). A due timer ends the spin."""
-        poll = self._epoll.poll
-        now = time.monotonic()
-        until = now + self._busy_poll
+    def _spin_then_poll(self, max_wait: float) -> list[tuple[int, int]]:
+        """The turn after a busy one, with --busy-poll: spin for the window, then
+        sleep as usual; the wait seen adapts the window for the next time."""
+        monotonic = time.monotonic
+        began = monotonic()
+        events = self._spin(began) if self._window else None
+        if not events:
+            events = self._epoll.poll(self._timeout(max_wait), _MAX_EVENTS)
+            self._adapt(monotonic() - began, bool(events))
+        return events
+
+    def _spin(self, began: float) -> list[tuple[int, int]]:
+        """Poll without sleeping until something is ready or the window is spent
+        (then the caller sleeps as usual). A due timer ends the spin. Each empty poll
+        yields the CPU: a process that is ready to run on it (the client, the member)
+        runs first; an idle CPU stays with the spin and is not put to sleep."""
+        poll, monotonic, yield_cpu = self._epoll.poll, time.monotonic, os.sched_yield
+        until = began + self._window
         timers = self._timers
         if timers and timers[0].deadline < until:
             until = timers[0].deadline
         while True:
             events = poll(0, _MAX_EVENTS)
-            if events or time.monotonic() >= until:
+            if events or monotonic() >= until:
                 return events
+            yield_cpu()
+
+    def _adapt(self, waited: float, woken: bool) -> None:
+        """KVM's halt-polling rule: the spin missed (or there was none) and the worker
+        slept. Woken by an event within the longest spin: a longer spin would have
+        caught it, so the window doubles (from SPIN_START) up to --busy-poll. Woken
+        later, or by the timeout: spinning does not pay for this traffic now, so the
+        window goes back to none."""
+        if woken and waited <= self._spin_max:
+            self._window = min(self._spin_max, max(SPIN_START, self._window * 2))
+        else:
+            self._window = 0.0
 
     # -- signals ---------------------------------------------------------------------
     def handle_signals(self, signums: Iterable[int], on_signal: Callable[[int], None]) -> None:

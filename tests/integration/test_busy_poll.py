@@ -1,5 +1,7 @@
 """--busy-poll: after a turn that handled events a worker polls without sleeping for a
-bounded time, then sleeps as usual (strace attached to the real worker)."""
+bounded time, yielding the CPU between empty polls, then sleeps as usual (strace
+attached to the real worker). How long it spins adapts (tests/unit/test_loop.py)."""
+import pathlib
 import re
 import socket
 import time
@@ -14,11 +16,13 @@ from tests.support.ports import free_port
 pytestmark = pytest.mark.integration
 
 _TIMEOUT = re.compile(r"epoll_wait\(\d+, .*, (-?\d+)\) += (\d+)")
+_EMPTY_SPIN = re.compile(r"epoll_wait\(\d+, .*, 0\) += 0")
 
 
-def polls_around_one_request(gateway_factory, tmp_path, *extra) -> list[tuple[int, int]]:
-    """(timeout ms, events) of each epoll_wait of the worker for one request and the
-    second of quiet after it."""
+def trace_requests(gateway_factory, tmp_path, *extra, requests: int = 1,
+                   pause: float = 0.0) -> pathlib.Path:
+    """strace of the worker's epoll_wait and sched_yield calls for `requests` requests
+    in sequence, `pause` seconds apart, and the second of quiet after them."""
     trace = tmp_path / "strace.out"
     with EchoServer() as echo:
         port = free_port()
@@ -26,9 +30,18 @@ def polls_around_one_request(gateway_factory, tmp_path, *extra) -> list[tuple[in
                               "--workers=1", "--health-check=none", *extra])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
             assert roundtrip(client, b"warm") == b"warm"
-            with syscalls.traced(gw.worker_pids()[0], "epoll_wait", trace):
-                assert roundtrip(client, b"ping") == b"ping"   # relayed as usual
+            with syscalls.traced(gw.worker_pids()[0], "epoll_wait,sched_yield", trace):
+                for _ in range(requests):
+                    assert roundtrip(client, b"ping") == b"ping"   # relayed as usual
+                    time.sleep(pause)
                 time.sleep(1.0)
+    return trace
+
+
+def polls_around_one_request(gateway_factory, tmp_path, *extra) -> list[tuple[int, int]]:
+    """(timeout ms, events) of each epoll_wait of the worker for one request and the
+    second of quiet after it."""
+    trace = trace_requests(gateway_factory, tmp_path, *extra)
     return [(int(m.group(1)), int(m.group(2)))
             for m in map(_TIMEOUT.search, syscalls.lines(trace, "epoll_wait")) if m]
 
@@ -46,7 +59,26 @@ def test_a_busy_polling_worker_sleeps_again_when_nothing_comes(gateway_factory, 
     assert len(spins) < 1000, "it kept spinning through the quiet second"
 
 
-def test_without_busy_poll_a_worker_sleeps_as_soon_as_nothing_is_ready(gateway_factory,
-                                                                       tmp_path):
-    polls = polls_around_one_request(gateway_factory, tmp_path)
+def test_a_spinning_worker_yields_the_cpu_after_each_empty_poll(gateway_factory, tmp_path):
+    # requests a little apart, within the longest spin: the spin grows until it lasts
+    # long enough to catch the next one, polling (and yielding) many times meanwhile
+    trace = trace_requests(gateway_factory, tmp_path, "--busy-poll=1ms", requests=30,
+                           pause=0.0003)
+    calls = syscalls.lines(trace, "(")
+    empty = [i for i, line in enumerate(calls) if _EMPTY_SPIN.search(line)]
+    assert empty, calls
+    # an empty poll is followed by a yield, or ends the spin: the sleeping poll is next
+    after = [calls[i + 1] for i in empty if i + 1 < len(calls)]
+    assert all(line.startswith("sched_yield") or _sleeping(line) for line in after), calls
+    assert any(line.startswith("sched_yield") for line in after), calls
+
+
+def _sleeping(line: str) -> bool:
+    match = _TIMEOUT.search(line)
+    return match is not None and int(match.group(1)) != 0
+
+
+def test_with_busy_poll_0_a_worker_sleeps_as_soon_as_nothing_is_ready(gateway_factory,
+                                                                      tmp_path):
+    polls = polls_around_one_request(gateway_factory, tmp_path, "--busy-poll=0")
     assert sum(1 for timeout, events in polls if timeout == 0 and events == 0) <= 1, polls

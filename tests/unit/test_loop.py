@@ -1,8 +1,9 @@
 """The event loop: dispatch, timers, and containment of a failing handler."""
 import socket
+import threading
 import weakref
 
-from gateway.loop import READ, WRITE, Loop
+from gateway.loop import READ, SPIN_START, WRITE, Loop
 
 
 def test_a_failing_handler_is_reported_and_the_loop_goes_on():
@@ -161,3 +162,89 @@ def test_a_forgotten_fd_leaves_epoll_when_closed_so_its_number_can_be_added_agai
         loop.close()
         for s in (b, c, d):
             s.close()
+
+
+# -- busy polling (--busy-poll): the spin adapts as KVM's halt-polling does --------------
+def _loop_reading_a_pair(busy_poll: float) -> tuple[Loop, socket.socket]:
+    """A loop that reads one end of a socketpair; the other end is returned."""
+    loop = Loop(busy_poll=busy_poll)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    loop.add(a.fileno(), READ, lambda fd, mask: a.recv(64))
+    loop._test_pair = (a, b)  # type: ignore[attr-defined]  # kept open with the loop
+    return loop, b
+
+
+def _send_later(sock: socket.socket, delay: float) -> threading.Thread:
+    sender = threading.Timer(delay, sock.send, args=(b"x",))
+    sender.start()
+    return sender
+
+
+def test_a_loop_does_not_spin_before_an_event_follows_a_busy_turn():
+    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+    peer.send(b"x")
+    loop.run_once(max_wait=1.0)
+    assert loop.spin == 0.0
+
+
+def test_the_spin_starts_when_an_event_follows_a_busy_turn_within_the_longest_spin():
+    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+    for _ in range(2):
+        peer.send(b"x")
+        loop.run_once(max_wait=1.0)
+    assert loop.spin == SPIN_START
+
+
+def test_the_spin_doubles_each_time_it_missed_an_event_that_came_within_the_longest_spin():
+    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+    peer.send(b"x")
+    loop.run_once(max_wait=1.0)
+    spins = []
+    for _ in range(5):  # each event 20 ms after the last turn: past every spin so far
+        sender = _send_later(peer, 0.02)
+        loop.run_once(max_wait=1.0)
+        sender.join()
+        spins.append(loop.spin)
+    assert spins == [SPIN_START * 2 ** i for i in range(5)]
+
+
+def test_the_spin_never_exceeds_busy_poll():
+    loop, peer = _loop_reading_a_pair(busy_poll=0.03)
+    peer.send(b"x")
+    loop.run_once(max_wait=1.0)
+    for _ in range(14):  # 10us doubled 11 times is 20.48 ms: the next would be 40.96
+        sender = _send_later(peer, 0.025)
+        loop.run_once(max_wait=1.0)
+        sender.join()
+    assert loop.spin == 0.03
+
+
+def test_the_spin_stops_when_the_next_event_comes_later_than_the_longest_spin():
+    loop, peer = _loop_reading_a_pair(busy_poll=0.001)
+    for _ in range(3):
+        peer.send(b"x")
+        loop.run_once(max_wait=1.0)
+    assert loop.spin > 0
+    sender = _send_later(peer, 0.05)
+    loop.run_once(max_wait=1.0)
+    sender.join()
+    assert loop.spin == 0.0
+
+
+def test_the_spin_stops_when_the_loop_wakes_with_nothing_to_do():
+    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+    for _ in range(3):
+        peer.send(b"x")
+        loop.run_once(max_wait=1.0)
+    assert loop.spin > 0
+    loop.run_once(max_wait=0.01)
+    assert loop.spin == 0.0
+
+
+def test_without_busy_poll_the_loop_never_spins():
+    loop, peer = _loop_reading_a_pair(busy_poll=0.0)
+    for _ in range(5):
+        peer.send(b"x")
+        loop.run_once(max_wait=1.0)
+    assert loop.spin == 0.0
