@@ -198,6 +198,7 @@ GATEWAY = MAX_ENDPOINTS  # the column of gateway-wide counters
 # the times a worker stopped accepting because --max-connections was reached
 G_ACCEPTED, G_REJECTED, G_OPEN, G_LIMITED = range(4)
 G_DENIED = 4  # clients closed at accept because --allow-from does not list them
+G_SPIN_MICROS = 5  # microseconds the worker spent busy polling (--busy-poll), so far
 G_WORKER_TIMEOUTS = 8  # master's row: workers killed by the watchdog (--worker-timeout)
 # listener columns (after GATEWAY): per listener counters; the master hands out the
 # columns (`claim_listener_slot`) and knows their labels

@@ -77,6 +77,7 @@ class Loop:
         self._epoll = select.epoll()
         self._spin_max = busy_poll    # --busy-poll: the longest spin after a busy turn
         self._window = 0.0            # the spin now (adapted: see _adapt)
+        self.spun = 0.0               # seconds spent spinning so far (a counter)
         self._busy = False            # the last turn handled events
         self._callbacks: dict[int, Callback] = {}
         self.on_error = on_error or _log_error
@@ -206,7 +207,9 @@ class Loop:
             until = timers[0].deadline
         while True:
             events = poll(0, _MAX_EVENTS)
-            if events or monotonic() >= until:
+            now = monotonic()
+            if events or now >= until:
+                self.spun += now - began
                 return events
             yield_cpu()
 

@@ -24,7 +24,7 @@ from gateway import log as gwlog
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, G_ACCEPTED,
                             G_LIMITED, G_OPEN, G_REJECTED, G_WORKER_TIMEOUTS, GATEWAY,
-                            G_DENIED, L_ACCEPTED, L_DENIED, LISTENER0, TLS_SIDES,
+                            G_DENIED, G_SPIN_MICROS, L_ACCEPTED, L_DENIED, LISTENER0, TLS_SIDES,
                             EndpointState, HealthTable, MemberAlarm, MemberRole, RosterEntry,
                             alarm_names, tls_counter)
 from gateway.httpd import Response
@@ -220,6 +220,12 @@ class MetricsApp:
                    "Workers killed and replaced by the watchdog (--worker-timeout).")
         out.sample("worker_timeouts_total", {},
                    table.counter(GATEWAY, G_WORKER_TIMEOUTS, rows=rows))
+        out.family("busy_poll_seconds_total", "counter",
+                   "Time the workers spent polling without sleeping after busy turns "
+                   "(--busy-poll): at most the CPU it cost, as each empty poll yields "
+                   "to any process ready to run.")
+        out.sample("busy_poll_seconds_total", {},
+                   table.counter(GATEWAY, G_SPIN_MICROS, rows=rows) / 1e6)
         out.family("build_info", "gauge", "Always 1; the version is a label.")
         out.sample("build_info", {"version": info.version}, 1)
         self._tls_metrics(out, info, rows)

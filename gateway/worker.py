@@ -75,7 +75,7 @@ from gateway.allowlist import AllowList
 from gateway.candidates import Candidates, View
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, G_ACCEPTED, G_DENIED, G_LIMITED, G_OPEN,
-                            G_REJECTED, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0,
+                            G_REJECTED, G_SPIN_MICROS, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0,
                             N_COUNTERS, TLS_CLIENT, TLS_MEMBER, Balance, HealthTable,
                             tls_counter)
 from gateway.listeners import Kind, Listener
@@ -206,6 +206,7 @@ class Worker:
         self._rejected_at = table.cell(index, GATEWAY, G_REJECTED)
         self._open_at = table.cell(index, GATEWAY, G_OPEN)
         self._limited_at = table.cell(index, GATEWAY, G_LIMITED)
+        self._spin_at = table.cell(index, GATEWAY, G_SPIN_MICROS)
         self._emfile_log = gwlog.Throttle()
         self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
@@ -239,7 +240,12 @@ class Worker:
         while self.state != State.STOPPED:
             self.loop.run_once(TICK)
         self._close_all()
+        self._flush_spin()
         return 0
+
+    def _flush_spin(self) -> None:
+        """The loop's busy-polling time so far, into the table (a per-worker total)."""
+        self._cells[self._spin_at] = int(self.loop.spun * 1e6)
 
     def _handler_failed(self, callback: object, exc: BaseException) -> None:
         """A bug in an event handler: log it; if it was a session's, close that session
@@ -270,6 +276,7 @@ class Worker:
 
     def _tick(self) -> None:
         self.table.beat(self.index, time.monotonic())  # the master's watchdog reads it
+        self._flush_spin()
         if os.getppid() != self.master_pid:
             logger.warning("master is gone; worker exits",
                            extra=gwlog.fields(worker=self.index, master=self.master_pid))

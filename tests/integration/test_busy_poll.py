@@ -9,9 +9,10 @@ import time
 import pytest
 
 from tests.support import syscalls
-from tests.support.clients import roundtrip
+from tests.support.clients import roundtrip, wait_until
 from tests.support.echo import EchoServer
-from tests.support.ports import free_port
+from tests.support.metrics import scrape
+from tests.support.ports import free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +83,20 @@ def test_with_busy_poll_0_a_worker_sleeps_as_soon_as_nothing_is_ready(gateway_fa
                                                                       tmp_path):
     polls = polls_around_one_request(gateway_factory, tmp_path, "--busy-poll=0")
     assert sum(1 for timeout, events in polls if timeout == 0 and events == 0) <= 1, polls
+
+
+def test_the_time_spent_busy_polling_is_exported(gateway_factory):
+    port, metrics = free_ports(2)
+    with EchoServer() as echo:
+        gateway_factory([f"--endpoints={echo.addr}", f"--listen-addr=127.0.0.1:{port}",
+                         "--workers=1", "--health-check=none", "--busy-poll=1ms",
+                         f"--metrics-addr=127.0.0.1:{metrics}"])
+        addr = f"127.0.0.1:{metrics}"
+        assert scrape(addr)["etcd_gateway_busy_poll_seconds_total"] == 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            for _ in range(30):  # a little apart: the spin grows, then catches them
+                assert roundtrip(client, b"ping") == b"ping"
+                time.sleep(0.0003)
+        # a worker flushes it on its tick (half a second)
+        wait_until(lambda: scrape(addr)["etcd_gateway_busy_poll_seconds_total"] > 0, 5.0,
+                   "busy polling time never reached /metrics")

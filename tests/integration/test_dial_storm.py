@@ -5,12 +5,12 @@ import errno
 import selectors
 import socket
 import time
-import urllib.request
 
 import pytest
 
 from tests.support.clients import echo_once
 from tests.support.echo import EchoServer, HungListener
+from tests.support.metrics import scrape
 from tests.support.ports import free_ports
 from tests.support.slow_backend import SlowBackend
 
@@ -70,13 +70,6 @@ def storm(addr: tuple[str, int], n: int, bound: float) -> tuple[int, list[str]]:
         failures.append("no greeting within the bound")
         s.close()
     return greeted, failures
-
-
-def scrape(addr: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {line.split(" ")[0]: float(line.split(" ")[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def test_a_storm_against_a_member_whose_accept_queue_overflows_resets_no_client(

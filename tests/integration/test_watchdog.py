@@ -2,24 +2,17 @@
 import os
 import signal
 import time
-import urllib.request
 
 import pytest
 
 from tests.support.clients import echo_once, wait_until
 from tests.support.echo import EchoServer
+from tests.support.metrics import scrape
 from tests.support.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
 CANARY = "canary-token-0c5e77a1"
-
-
-def scrape(addr: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {line.split(" ")[0]: float(line.split(" ")[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def test_a_stopped_worker_is_bypassed_then_killed_and_replaced(gateway_factory):

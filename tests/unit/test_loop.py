@@ -1,6 +1,7 @@
 """The event loop: dispatch, timers, and containment of a failing handler."""
 import socket
 import threading
+import time
 import weakref
 
 from gateway.loop import READ, SPIN_START, WRITE, Loop
@@ -209,6 +210,18 @@ def test_the_spin_doubles_each_time_it_missed_an_event_that_came_within_the_long
     assert spins == [SPIN_START * 2 ** i for i in range(5)]
 
 
+def test_the_time_spent_spinning_is_counted():
+    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+    peer.send(b"x")
+    loop.run_once(max_wait=1.0)
+    began = time.monotonic()
+    for _ in range(5):  # spins of 0, 10, 20, 40 and 80 us, each spent whole
+        sender = _send_later(peer, 0.02)
+        loop.run_once(max_wait=1.0)
+        sender.join()
+    assert 150e-6 <= loop.spun < time.monotonic() - began
+
+
 def test_the_spin_never_exceeds_busy_poll():
     loop, peer = _loop_reading_a_pair(busy_poll=0.03)
     peer.send(b"x")
@@ -247,4 +260,4 @@ def test_without_busy_poll_the_loop_never_spins():
     for _ in range(5):
         peer.send(b"x")
         loop.run_once(max_wait=1.0)
-    assert loop.spin == 0.0
+    assert loop.spin == 0.0 and loop.spun == 0.0

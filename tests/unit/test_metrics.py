@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import __version__
 from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
                             C_DIAL_FAILURES, C_HEALTH_CHECK_FAILURES, DIAL_BUCKETS,
-                            G_ACCEPTED, G_REJECTED, GATEWAY, CheckKind, Endpoint,
+                            G_ACCEPTED, G_REJECTED, G_SPIN_MICROS, GATEWAY, CheckKind, Endpoint,
                             HealthTable, MemberAlarm, MemberRole)
 from gateway.metrics import (JSON_TYPE, PROMETHEUS_TYPE, GatewayInfo, MetricsApp,
                              escape_label, format_value, rfc3339)
@@ -165,6 +165,12 @@ def test_counter_values_are_totals_over_workers(gw):
     assert samples[wk_key("etcd_gateway_worker_active_connections", gw.w1)] == 1
     body = gw.app.handle("GET", "/metrics")[2].decode()
     assert 'etcd_gateway_endpoint_sent_bytes_total{endpoint="127.0.0.1:32379"} 123456789\n' in body
+
+
+def test_busy_poll_seconds_are_the_workers_spin_times_in_seconds(gw):
+    gw.table.set_at(gw.table.counter_offset(gw.w0, GATEWAY, G_SPIN_MICROS), 1_500_000)
+    gw.table.set_at(gw.table.counter_offset(gw.w1, GATEWAY, G_SPIN_MICROS), 250_000)
+    assert gw.scrape()[("etcd_gateway_busy_poll_seconds_total", ())] == 1.75
 
 
 def test_worker_active_connections_sums_every_endpoint_slot(gw):
