@@ -50,7 +50,7 @@ import errno
 import functools
 import json
 import re
-import socket
+import _socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -139,7 +139,7 @@ class _Check:
 
     def __init__(self, entry: RosterEntry, down_at: float, steps: tuple[_Step, ...]):
         self.entry = entry
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.down_at = down_at
         self.steps = list(steps)   # what is left to ask; empty for a tcp check
         self.phase = Phase.CONNECTING

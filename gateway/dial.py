@@ -2,7 +2,10 @@
 checks dial, and the one wording of its errors.
 
 design: `start` makes a non-blocking socket (one call: SOCK_NONBLOCK), sets the
-caller's socket options and starts the connect. It returns the socket and whether it
+caller's socket options and starts the connect. The socket is the C-level
+`_socket.socket`: the Python subclass `socket.socket` adds only makefile() and a
+Python __init__ per socket, and a dial's socket is soon detached (a session keeps
+the raw fd) or closed. It returns the socket and whether it
 connected at once (on loopback the handshake is done when connect() returns, though
 it says EINPROGRESS: TCP_INFO tells); a connect refused at once raises
 `DialError`, the socket closed. A connect in progress is the caller's to watch: it
@@ -14,6 +17,7 @@ the like) is an OSError for the caller: a local shortage, not the member's fault
 """
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -32,10 +36,10 @@ class DialError(Exception):
     """A connect failed at once (one line, as the original logs it)."""
 
 
-def start(ep: Endpoint, options: Iterable[SockOpt] = ()) -> tuple[socket.socket, bool]:
+def start(ep: Endpoint, options: Iterable[SockOpt] = ()) -> tuple[_socket.socket, bool]:
     """(socket, connected at once) for a connect to `ep`; DialError if it failed at
     once; OSError if no socket could be made."""
-    sock = socket.socket(ep.family, _SOCK_FLAGS)
+    sock = _socket.socket(ep.family, _SOCK_FLAGS)
     try:
         for level, option, value in options:
             sock.setsockopt(level, option, value)
@@ -51,7 +55,7 @@ def start(ep: Endpoint, options: Iterable[SockOpt] = ()) -> tuple[socket.socket,
     raise DialError(connect_error(ep.address, err))
 
 
-def _established(sock: socket.socket) -> bool:
+def _established(sock: _socket.socket) -> bool:
     """True when a connect that said EINPROGRESS has in fact completed: on loopback
     (members on the gateway's host) the member's SYN-ACK is processed before connect()
     returns (2000 of 2000 in a probe). One getsockopt, the state byte of TCP_INFO,
@@ -60,7 +64,7 @@ def _established(sock: socket.socket) -> bool:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_ESTABLISHED
 
 
-def outcome(sock: socket.socket, address: str) -> str | None:
+def outcome(sock: _socket.socket, address: str) -> str | None:
     """A connect in progress that became writable: None if it connected, else why not."""
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     return connect_error(address, err) if err else None

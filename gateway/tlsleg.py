@@ -20,6 +20,7 @@ for.
 """
 from __future__ import annotations
 
+import _socket
 import socket
 import ssl
 
@@ -45,8 +46,14 @@ class TlsLeg:
         self._fin_sent = False
 
     @classmethod
-    def client(cls, ctx: ssl.SSLContext, sock: socket.socket, server_name: str) -> "TlsLeg":
-        """The gateway dials a member: verify it as `server_name` (a name or an IP)."""
+    def client(cls, ctx: ssl.SSLContext, sock: _socket.socket, server_name: str) -> "TlsLeg":
+        """The gateway dials a member: verify it as `server_name` (a name or an IP).
+        The dial's C-level socket (dial.py) becomes a socket.socket, which ssl wraps;
+        SOCK_NONBLOCK in the type tells it the fd is non-blocking (else ssl would make
+        it blocking, from the timeout a bare fd is given)."""
+        if not isinstance(sock, socket.socket):
+            sock = socket.socket(sock.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
+                                 sock.proto, sock.detach())
         return cls(ctx.wrap_socket(sock, server_side=False, do_handshake_on_connect=False,
                                    server_hostname=server_name))
 

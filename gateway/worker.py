@@ -56,6 +56,7 @@ import functools
 import os
 import random
 import signal
+import _socket
 import socket
 import ssl
 import termios
@@ -145,7 +146,7 @@ class Dial:
         self.phase = phase
         self.candidates: list[RosterEntry] = []
         self.next = 0
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.entry: RosterEntry | None = None
         self.timer: Timer | None = None
         self.started = 0.0
@@ -702,7 +703,7 @@ class Worker:
         self._reject(dial, "no endpoint could be reached" if not dial.rounds else
                      f"no endpoint could be reached in {dial.rounds + 1} rounds of dials")
 
-    def _attempt(self, dial: Dial, sock: socket.socket, entry: RosterEntry) -> None:
+    def _attempt(self, dial: Dial, sock: _socket.socket, entry: RosterEntry) -> None:
         """A connect to `entry` is under way (it counts toward the member's load)."""
         dial.sock, dial.entry = sock, entry
         self._dialling[entry.slot] += 1
