@@ -93,7 +93,7 @@ class TlsLeg:
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
-        view, size, recv = chan.view, chan.size, self.sock.recv_into
+        view, size, recv, pending = chan.view, chan.size, self.sock.recv_into, self.sock.pending
         chan.start = 0
         got = 0
         eof = False
@@ -116,6 +116,13 @@ class TlsLeg:
                 eof = True  # close_notify or a bare FIN: reported now or at the next call
                 break
             got += n
+            if n < RECORD and not pending():
+                # a record shorter than the largest, read whole (OpenSSL returns one
+                # record per call, and holds nothing more): a message, not a stream.
+                # Any next record is still in the socket, which the poller reports (no
+                # read-ahead); trying for it now would cost a failing recv and an
+                # SSLWantReadError raised and caught, on every small message
+                break
         if got:
             return got
         if eof:

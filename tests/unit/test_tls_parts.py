@@ -3,6 +3,7 @@ whose member leg speaks TLS (relayed through the copy path, a real TLS server on
 other end of a TCP connection). Certificates are made with `openssl`."""
 import hashlib
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -290,6 +291,82 @@ def test_bytes_read_before_a_bad_record_are_returned_and_the_error_raised_next(p
         assert got == len(payload) and bytes(buf.view[:got]) == payload
         with pytest.raises(ssl.SSLError):
             leg.read_into(buf)
+    finally:
+        leg.close()
+        server.join(10)
+
+
+class _CountingReads:
+    """The leg's SSLSocket, with its recv_into calls counted (a spy: every call goes
+    to the real socket)."""
+
+    def __init__(self, sock: ssl.SSLSocket):
+        self._sock = sock
+        self.reads = 0
+
+    def recv_into(self, *args):
+        self.reads += 1
+        return self._sock.recv_into(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def _member_sending(pki, records: list[bytes]):
+    """(gateway's leg, server thread): a TLS member that sends each of `records` as
+    its own record, then waits; all of them are in the gateway's socket on return."""
+    gw_upstream, member = tcp_pair()
+    sent = threading.Event()
+
+    def serve() -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki.member.cert, pki.member.key)
+        member.settimeout(10)
+        with ctx.wrap_socket(member, server_side=True) as tls:
+            for record in records:
+                tls.sendall(record)
+            sent.set()
+            time.sleep(1)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    leg = _member_leg(pki, gw_upstream)
+    assert sent.wait(10)
+    time.sleep(0.2)
+    return leg, server
+
+
+def test_a_short_record_is_returned_after_one_read(pki):
+    leg, server = _member_sending(pki, [b"m" * 64])
+    spy = leg.sock = _CountingReads(leg.sock)  # type: ignore[assignment]
+    try:
+        buf = _Buffer()
+        assert leg.read_into(buf) == 64
+        assert spy.reads == 1  # no second read to learn that nothing more is there
+    finally:
+        leg.close()
+        server.join(10)
+
+
+def test_short_records_that_came_together_are_each_read_and_none_is_stranded(pki):
+    leg, server = _member_sending(pki, [b"a" * 64, b"b" * 100])
+    try:
+        buf = _Buffer()
+        assert bytes(buf.view[:leg.read_into(buf)]) == b"a" * 64
+        # the second record waits in the socket, where the poller sees it
+        assert select.select([leg.fd], [], [], 0)[0] == [leg.fd]
+        assert bytes(buf.view[:leg.read_into(buf)]) == b"b" * 100
+    finally:
+        leg.close()
+        server.join(10)
+
+
+def test_full_records_are_read_on_to_fill_the_buffer(pki):
+    payload = os.urandom(48 * 1024)  # three records of the largest size
+    leg, server = _member_sending(pki, [payload])
+    try:
+        buf = _Buffer()
+        assert leg.read_into(buf) == len(payload)
     finally:
         leg.close()
         server.join(10)
