@@ -9,6 +9,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -263,28 +264,47 @@ class _Buffer:
         self.start = 0
 
 
-def test_bytes_read_before_a_bad_record_are_returned_and_the_error_raised_next(pki):
+def _member_sending(pki, send: Callable[[ssl.SSLSocket], None]):
+    """(gateway's leg, server thread): a TLS member that runs `send` on its end of
+    the connection, then waits; all it sent is in the gateway's socket on return."""
     gw_upstream, member = tcp_pair()
-    payload = os.urandom(40 * 1024)
-    done = threading.Event()
+    sent = threading.Event()
 
     def serve() -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(pki.member.cert, pki.member.key)
         member.settimeout(10)
         with ctx.wrap_socket(member, server_side=True) as tls:
-            tls.sendall(payload)
-            with socket.socket(fileno=os.dup(tls.fileno())) as raw:
-                # an application-data record that does not decrypt, right behind
-                raw.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))
-            done.set()
+            send(tls)
+            sent.set()
             time.sleep(1)
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
     leg = _member_leg(pki, gw_upstream)
-    assert done.wait(10)
-    time.sleep(0.2)  # the records and the bad one are all in the gateway's socket
+    assert sent.wait(10)
+    time.sleep(0.2)
+    return leg, server
+
+
+def _records(*records: bytes) -> Callable[[ssl.SSLSocket], None]:
+    """What a member sends: each of `records` as its own TLS record."""
+    def send(tls: ssl.SSLSocket) -> None:
+        for record in records:
+            tls.sendall(record)
+    return send
+
+
+def test_bytes_read_before_a_bad_record_are_returned_and_the_error_raised_next(pki):
+    payload = os.urandom(40 * 1024)
+
+    def send(tls: ssl.SSLSocket) -> None:
+        tls.sendall(payload)
+        with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+            # an application-data record that does not decrypt, right behind
+            raw.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))
+
+    leg, server = _member_sending(pki, send)
     buf = _Buffer()
     try:
         got = leg.read_into(buf)
@@ -312,32 +332,8 @@ class _CountingReads:
         return getattr(self._sock, name)
 
 
-def _member_sending(pki, records: list[bytes]):
-    """(gateway's leg, server thread): a TLS member that sends each of `records` as
-    its own record, then waits; all of them are in the gateway's socket on return."""
-    gw_upstream, member = tcp_pair()
-    sent = threading.Event()
-
-    def serve() -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(pki.member.cert, pki.member.key)
-        member.settimeout(10)
-        with ctx.wrap_socket(member, server_side=True) as tls:
-            for record in records:
-                tls.sendall(record)
-            sent.set()
-            time.sleep(1)
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    leg = _member_leg(pki, gw_upstream)
-    assert sent.wait(10)
-    time.sleep(0.2)
-    return leg, server
-
-
 def test_a_short_record_is_returned_after_one_read(pki):
-    leg, server = _member_sending(pki, [b"m" * 64])
+    leg, server = _member_sending(pki, _records(b"m" * 64))
     spy = leg.sock = _CountingReads(leg.sock)  # type: ignore[assignment]
     try:
         buf = _Buffer()
@@ -349,7 +345,7 @@ def test_a_short_record_is_returned_after_one_read(pki):
 
 
 def test_short_records_that_came_together_are_each_read_and_none_is_stranded(pki):
-    leg, server = _member_sending(pki, [b"a" * 64, b"b" * 100])
+    leg, server = _member_sending(pki, _records(b"a" * 64, b"b" * 100))
     try:
         buf = _Buffer()
         assert bytes(buf.view[:leg.read_into(buf)]) == b"a" * 64
@@ -363,7 +359,7 @@ def test_short_records_that_came_together_are_each_read_and_none_is_stranded(pki
 
 def test_full_records_are_read_on_to_fill_the_buffer(pki):
     payload = os.urandom(48 * 1024)  # three records of the largest size
-    leg, server = _member_sending(pki, [payload])
+    leg, server = _member_sending(pki, _records(payload))
     try:
         buf = _Buffer()
         assert leg.read_into(buf) == len(payload)
