@@ -312,7 +312,7 @@ OPTIONS: tuple[Option, ...] = (
            "events, before it sleeps (0 = never; at most 1ms). Adaptive, as KVM's "
            "halt-polling: the spin grows (from 10us, doubling) while events come "
            "within this long of the last turn, and stops at once when one does not; "
-           "an empty poll yields the CPU to any process ready to run. Saves the "
+           "an empty poll yields the CPU to any process ready to run on it. Saves the "
            "wake-up of the next event on a connection that answers fast (one client "
            "doing requests in sequence: about twice the requests per second here), "
            "for CPU that would otherwise be idle. HAProxy's busy-polling, which is "

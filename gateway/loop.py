@@ -13,10 +13,10 @@ Timers are a heap of `Timer` objects cancelled by flag (no heap surgery). With
 `busy_poll` (--busy-poll), a turn that handled events is followed by polls that do not
 sleep, before the usual sleeping poll: the next event of a connection that answers
 fast is taken without a wake-up. How long it spins adapts as KVM's halt-polling does
-(`_adapt`): from none, it grows while events come within `busy_poll` of a busy turn
-and drops to none when one does not, so sparse traffic costs no spin; an empty poll
-yields the CPU (sched_yield), so the spin takes only time no other ready process
-wants. Signal handlers only record: the
+(`SpinWindow`): from none, it grows while events come within `busy_poll` of a busy
+turn and drops to none when one does not, so sparse traffic costs no spin; an empty
+poll yields the CPU (sched_yield), so a process ready to run on the same CPU goes
+first. Signal handlers only record: the
 C-level handler writes the signal number to a non-blocking socketpair
 (`signal.set_wakeup_fd`), the loop reads it like any other fd and hands each number to
 `on_signal` in normal context, where logging, reaping and exiting are safe. Nothing
@@ -55,6 +55,28 @@ class Timer:
         return self.deadline < other.deadline
 
 
+class SpinWindow:
+    """How long the turn after a busy one spins (--busy-poll), adapted as KVM's
+    halt-polling is: `window` grows (from SPIN_START, doubling, up to `longest`) when
+    the worker slept and an event woke it within `longest` of the busy turn (a longer
+    spin would have caught it), and goes back to none when the wait was longer (spinning
+    does not pay for this traffic now). A wait cut short by a timer, with nothing ready,
+    says nothing about the traffic: the window stays."""
+    __slots__ = ("longest", "window")
+
+    def __init__(self, longest: float):
+        self.longest = longest
+        self.window = 0.0
+
+    def slept(self, waited: float, woken: bool) -> None:
+        """After a spin that caught nothing (or none), the sleep that followed: woken
+        by an event, or not, `waited` seconds after the busy turn."""
+        if waited > self.longest:
+            self.window = 0.0
+        elif woken:
+            self.window = min(self.longest, max(SPIN_START, self.window * 2))
+
+
 READ = select.EPOLLIN
 WRITE = select.EPOLLOUT
 # with READ on a listener shared by several processes: each connection wakes one of
@@ -75,8 +97,7 @@ class Loop:
     def __init__(self, on_error: Callable[[object, BaseException], None] | None = None,
                  busy_poll: float = 0.0) -> None:
         self._epoll = select.epoll()
-        self._spin_max = busy_poll    # --busy-poll: the longest spin after a busy turn
-        self._window = 0.0            # the spin now (adapted: see _adapt)
+        self._spin = SpinWindow(busy_poll)  # --busy-poll: the spin after a busy turn
         self.spun = 0.0               # seconds spent spinning so far (a counter)
         self._busy = False            # the last turn handled events
         self._callbacks: dict[int, Callback] = {}
@@ -160,7 +181,7 @@ class Loop:
     def spin(self) -> float:
         """How long the turn after a busy one polls without sleeping (seconds; 0:
         it sleeps at once), as adapted so far."""
-        return self._window
+        return self._spin.window
 
     def run_once(self, max_wait: float = 1.0) -> None:
         callbacks = self._callbacks
@@ -168,7 +189,7 @@ class Loop:
             events = self._spin_then_poll(max_wait)
         else:
             events = self._epoll.poll(self._timeout(max_wait), _MAX_EVENTS)
-        self._busy = bool(events) and self._spin_max > 0
+        self._busy = bool(events) and self._spin.longest > 0
         # each event goes to the registration it was reported for: if an earlier
         # callback in this batch closed that fd and the number was reused by a new
         # socket (a new dial, a new session), the stale event must not reach it
@@ -189,19 +210,19 @@ class Loop:
         sleep as usual; the wait seen adapts the window for the next time."""
         monotonic = time.monotonic
         began = monotonic()
-        events = self._spin(began) if self._window else None
+        events = self._spin_for(began) if self._spin.window else None
         if not events:
             events = self._epoll.poll(self._timeout(max_wait), _MAX_EVENTS)
-            self._adapt(monotonic() - began, bool(events))
+            self._spin.slept(monotonic() - began, bool(events))
         return events
 
-    def _spin(self, began: float) -> list[tuple[int, int]]:
+    def _spin_for(self, began: float) -> list[tuple[int, int]]:
         """Poll without sleeping until something is ready or the window is spent
         (then the caller sleeps as usual). A due timer ends the spin. Each empty poll
-        yields the CPU: a process that is ready to run on it (the client, the member)
+        yields the CPU: a process ready to run on this CPU (the client, the member)
         runs first; an idle CPU stays with the spin and is not put to sleep."""
         poll, monotonic, yield_cpu = self._epoll.poll, time.monotonic, os.sched_yield
-        until = began + self._window
+        until = began + self._spin.window
         timers = self._timers
         if timers and timers[0].deadline < until:
             until = timers[0].deadline
@@ -212,17 +233,6 @@ class Loop:
                 self.spun += now - began
                 return events
             yield_cpu()
-
-    def _adapt(self, waited: float, woken: bool) -> None:
-        """KVM's halt-polling rule: the spin missed (or there was none) and the worker
-        slept. Woken by an event within the longest spin: a longer spin would have
-        caught it, so the window doubles (from SPIN_START) up to --busy-poll. Woken
-        later, or by the timeout: spinning does not pay for this traffic now, so the
-        window goes back to none."""
-        if woken and waited <= self._spin_max:
-            self._window = min(self._spin_max, max(SPIN_START, self._window * 2))
-        else:
-            self._window = 0.0
 
     # -- signals ---------------------------------------------------------------------
     def handle_signals(self, signums: Iterable[int], on_signal: Callable[[int], None]) -> None:

@@ -223,7 +223,7 @@ class MetricsApp:
         out.family("busy_poll_seconds_total", "counter",
                    "Time the workers spent polling without sleeping after busy turns "
                    "(--busy-poll): at most the CPU it cost, as each empty poll yields "
-                   "to any process ready to run.")
+                   "to any process ready to run on the same CPU.")
         out.sample("busy_poll_seconds_total", {},
                    table.counter(GATEWAY, G_SPIN_MICROS, rows=rows) / 1e6)
         out.family("build_info", "gauge", "Always 1; the version is a label.")

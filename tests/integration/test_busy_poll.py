@@ -39,25 +39,30 @@ def trace_requests(gateway_factory, tmp_path, *extra, requests: int = 1,
     return trace
 
 
-def polls_around_one_request(gateway_factory, tmp_path, *extra) -> list[tuple[int, int]]:
-    """(timeout ms, events) of each epoll_wait of the worker for one request and the
-    second of quiet after it."""
-    trace = trace_requests(gateway_factory, tmp_path, *extra)
+def polls_around_requests(gateway_factory, tmp_path, *extra,
+                          requests: int = 1) -> list[tuple[int, int]]:
+    """(timeout ms, events) of each epoll_wait of the worker for `requests` requests a
+    little apart and the second of quiet after them."""
+    trace = trace_requests(gateway_factory, tmp_path, *extra, requests=requests,
+                           pause=0.0003 if requests > 1 else 0.0)
     return [(int(m.group(1)), int(m.group(2)))
             for m in map(_TIMEOUT.search, syscalls.lines(trace, "epoll_wait")) if m]
 
 
 def test_a_busy_polling_worker_polls_without_sleeping_after_an_event(gateway_factory, tmp_path):
-    polls = polls_around_one_request(gateway_factory, tmp_path, "--busy-poll=1ms")
+    # requests a little apart: the spin starts once one comes within 1ms of the last
+    # turn, however slow the first ones are under strace
+    polls = polls_around_requests(gateway_factory, tmp_path, "--busy-poll=1ms", requests=30)
     assert any(timeout == 0 for timeout, _ in polls), polls
 
 
 def test_a_busy_polling_worker_sleeps_again_when_nothing_comes(gateway_factory, tmp_path):
-    polls = polls_around_one_request(gateway_factory, tmp_path, "--busy-poll=1ms")
-    spins = [i for i, (timeout, _) in enumerate(polls) if timeout == 0]
-    sleeps = [i for i, (timeout, _) in enumerate(polls) if timeout > 0]
-    assert spins and sleeps and sleeps[-1] > spins[-1], polls  # it went back to sleep
-    assert len(spins) < 1000, "it kept spinning through the quiet second"
+    polls = polls_around_requests(gateway_factory, tmp_path, "--busy-poll=1ms", requests=30)
+    last_event = max(i for i, (_, events) in enumerate(polls) if events)
+    quiet = polls[last_event + 1:]  # the second after the last request
+    assert quiet and quiet[-1][0] > 0, polls  # it went back to sleep
+    assert sum(1 for timeout, _ in quiet if timeout == 0) < 1000, \
+        "it kept spinning through the quiet second"
 
 
 def test_a_spinning_worker_yields_the_cpu_after_each_empty_poll(gateway_factory, tmp_path):
@@ -81,7 +86,7 @@ def _sleeping(line: str) -> bool:
 
 def test_with_busy_poll_0_a_worker_sleeps_as_soon_as_nothing_is_ready(gateway_factory,
                                                                       tmp_path):
-    polls = polls_around_one_request(gateway_factory, tmp_path, "--busy-poll=0")
+    polls = polls_around_requests(gateway_factory, tmp_path, "--busy-poll=0")
     assert sum(1 for timeout, events in polls if timeout == 0 and events == 0) <= 1, polls
 
 

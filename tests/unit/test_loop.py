@@ -4,7 +4,9 @@ import threading
 import time
 import weakref
 
-from gateway.loop import READ, SPIN_START, WRITE, Loop
+import pytest
+
+from gateway.loop import READ, SPIN_START, WRITE, Loop, SpinWindow
 
 
 def test_a_failing_handler_is_reported_and_the_loop_goes_on():
@@ -166,14 +168,25 @@ def test_a_forgotten_fd_leaves_epoll_when_closed_so_its_number_can_be_added_agai
 
 
 # -- busy polling (--busy-poll): the spin adapts as KVM's halt-polling does --------------
-def _loop_reading_a_pair(busy_poll: float) -> tuple[Loop, socket.socket]:
-    """A loop that reads one end of a socketpair; the other end is returned."""
-    loop = Loop(busy_poll=busy_poll)
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    loop.add(a.fileno(), READ, lambda fd, mask: a.recv(64))
-    loop._test_pair = (a, b)  # type: ignore[attr-defined]  # kept open with the loop
-    return loop, b
+@pytest.fixture
+def reading_loop():
+    """make(busy_poll) -> (a loop that reads one end of a socketpair, the other end);
+    all closed after the test."""
+    made: list[tuple[Loop, socket.socket, socket.socket]] = []
+
+    def make(busy_poll: float) -> tuple[Loop, socket.socket]:
+        loop = Loop(busy_poll=busy_poll)
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        loop.add(a.fileno(), READ, lambda fd, mask: a.recv(64))
+        made.append((loop, a, b))
+        return loop, b
+
+    yield make
+    for loop, a, b in made:
+        loop.close()
+        a.close()
+        b.close()
 
 
 def _send_later(sock: socket.socket, delay: float) -> threading.Thread:
@@ -182,23 +195,23 @@ def _send_later(sock: socket.socket, delay: float) -> threading.Thread:
     return sender
 
 
-def test_a_loop_does_not_spin_before_an_event_follows_a_busy_turn():
-    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+def test_a_loop_does_not_spin_before_an_event_follows_a_busy_turn(reading_loop):
+    loop, peer = reading_loop(busy_poll=1.0)
     peer.send(b"x")
     loop.run_once(max_wait=1.0)
     assert loop.spin == 0.0
 
 
-def test_the_spin_starts_when_an_event_follows_a_busy_turn_within_the_longest_spin():
-    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+def test_the_spin_starts_when_an_event_follows_a_busy_turn_within_the_longest_spin(reading_loop):
+    loop, peer = reading_loop(busy_poll=1.0)
     for _ in range(2):
         peer.send(b"x")
         loop.run_once(max_wait=1.0)
     assert loop.spin == SPIN_START
 
 
-def test_the_spin_doubles_each_time_it_missed_an_event_that_came_within_the_longest_spin():
-    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+def test_the_spin_doubles_each_time_it_missed_an_event_that_came_within_the_longest_spin(reading_loop):
+    loop, peer = reading_loop(busy_poll=1.0)
     peer.send(b"x")
     loop.run_once(max_wait=1.0)
     spins = []
@@ -210,8 +223,8 @@ def test_the_spin_doubles_each_time_it_missed_an_event_that_came_within_the_long
     assert spins == [SPIN_START * 2 ** i for i in range(5)]
 
 
-def test_the_time_spent_spinning_is_counted():
-    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+def test_the_time_spent_spinning_is_counted(reading_loop):
+    loop, peer = reading_loop(busy_poll=1.0)
     peer.send(b"x")
     loop.run_once(max_wait=1.0)
     began = time.monotonic()
@@ -222,19 +235,8 @@ def test_the_time_spent_spinning_is_counted():
     assert 150e-6 <= loop.spun < time.monotonic() - began
 
 
-def test_the_spin_never_exceeds_busy_poll():
-    loop, peer = _loop_reading_a_pair(busy_poll=0.03)
-    peer.send(b"x")
-    loop.run_once(max_wait=1.0)
-    for _ in range(14):  # 10us doubled 11 times is 20.48 ms: the next would be 40.96
-        sender = _send_later(peer, 0.025)
-        loop.run_once(max_wait=1.0)
-        sender.join()
-    assert loop.spin == 0.03
-
-
-def test_the_spin_stops_when_the_next_event_comes_later_than_the_longest_spin():
-    loop, peer = _loop_reading_a_pair(busy_poll=0.001)
+def test_the_spin_stops_when_the_next_event_comes_later_than_the_longest_spin(reading_loop):
+    loop, peer = reading_loop(busy_poll=0.001)
     for _ in range(3):
         peer.send(b"x")
         loop.run_once(max_wait=1.0)
@@ -245,8 +247,8 @@ def test_the_spin_stops_when_the_next_event_comes_later_than_the_longest_spin():
     assert loop.spin == 0.0
 
 
-def test_the_spin_stops_when_the_loop_wakes_with_nothing_to_do():
-    loop, peer = _loop_reading_a_pair(busy_poll=1.0)
+def test_the_spin_stops_when_the_loop_slept_longer_than_the_longest_spin_for_nothing(reading_loop):
+    loop, peer = reading_loop(busy_poll=0.001)
     for _ in range(3):
         peer.send(b"x")
         loop.run_once(max_wait=1.0)
@@ -255,9 +257,23 @@ def test_the_spin_stops_when_the_loop_wakes_with_nothing_to_do():
     assert loop.spin == 0.0
 
 
-def test_without_busy_poll_the_loop_never_spins():
-    loop, peer = _loop_reading_a_pair(busy_poll=0.0)
+def test_without_busy_poll_the_loop_never_spins(reading_loop):
+    loop, peer = reading_loop(busy_poll=0.0)
     for _ in range(5):
         peer.send(b"x")
         loop.run_once(max_wait=1.0)
     assert loop.spin == 0.0 and loop.spun == 0.0
+
+
+def test_the_spin_never_exceeds_busy_poll():
+    spin = SpinWindow(longest=3 * SPIN_START)
+    for _ in range(5):
+        spin.slept(waited=SPIN_START, woken=True)
+    assert spin.window == 3 * SPIN_START
+
+
+def test_a_sleep_cut_short_by_a_timer_leaves_the_spin_as_it_was():
+    spin = SpinWindow(longest=0.001)
+    spin.slept(waited=0.0001, woken=True)
+    spin.slept(waited=0.0005, woken=False)  # a timer was due: nothing was ready
+    assert spin.window == SPIN_START
