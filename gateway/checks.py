@@ -374,7 +374,13 @@ class Checker:
                 check.phase = Phase.SENDING
                 check.request = check.steps[0].request(ep.address)
                 if self._tls is not None:
-                    check.leg = TlsLeg.client(self._tls, sock, server_name(ep.label))
+                    try:
+                        check.leg = TlsLeg.client(self._tls, sock, server_name(ep.label))
+                    except (OSError, ValueError) as exc:
+                        self.loop.forget(fd)  # the leg closed the fd (it left epoll)
+                        check.registered = 0
+                        self._finish(check, f"TLS with {ep.address}: {exc}")
+                        return
                     check.sock = sock = check.leg.sock  # the same fd, now speaking TLS
                     check.phase = Phase.HANDSHAKE
             if check.phase == Phase.HANDSHAKE:

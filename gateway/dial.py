@@ -3,9 +3,9 @@ checks dial, and the one wording of its errors.
 
 design: `start` makes a non-blocking socket (one call: SOCK_NONBLOCK), sets the
 caller's socket options and starts the connect. The socket is the C-level
-`_socket.socket`: the Python subclass `socket.socket` adds only makefile() and a
-Python __init__ per socket, and a dial's socket is soon detached (a session keeps
-the raw fd) or closed. It returns the socket and whether it
+`_socket.socket`: the Python subclass `socket.socket` adds a Python __init__ per
+socket and conveniences (makefile, a context manager, dup, sendfile) that a dial's
+socket, soon detached (a session keeps the raw fd) or closed, never uses. It returns the socket and whether it
 connected at once (on loopback the handshake is done when connect() returns, though
 it says EINPROGRESS: TCP_INFO tells); a connect refused at once raises
 `DialError`, the socket closed. A connect in progress is the caller's to watch: it

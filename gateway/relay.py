@@ -269,7 +269,7 @@ class ChannelPool:
                 continue
             if d.moved == d.seen:  # not read for a whole period: stalled, or filling?
                 try:
-                    queued = _queued(d.src)
+                    queued = queued_bytes(d.src)
                     if queued == d.queued:  # nothing came either: wake for any byte
                         d.lowat = False
                         _set_rcvlowat(d.src, 1)
@@ -303,7 +303,7 @@ def socket_for(fd: int) -> _socket.socket:
     return _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
 
 
-def _queued(fd: int) -> int:
+def queued_bytes(fd: int) -> int:
     """Bytes waiting in a socket's receive queue (SIOCINQ)."""
     return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, _INT0), sys.byteorder, signed=True)
 

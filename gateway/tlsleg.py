@@ -3,9 +3,11 @@
 design: the relay (relay.py) moves bytes through channels between fds; a leg that
 speaks TLS cannot use splice (no kTLS here), so a session with a TLS leg moves its
 bytes through a copy channel's reused buffer, and this class turns that buffer into
-TLS records: `read_into` fills it with as many whole records as are available (large
-reads; never less than a record's room, so OpenSSL is left holding no decrypted bytes
-the poller could not announce), `write_from` encrypts from it. "Nothing now" is
+TLS records: `read_into` fills it with the whole records the socket holds (never less
+than a record's room per read, so OpenSSL is left holding no decrypted bytes the
+poller could not announce; after a short record it reads on only if the socket has
+more, FIONREAD, rather than learn it from a failing read), `write_from` encrypts from
+it. "Nothing now" is
 `BlockingIOError`, as for a plain socket, so the session's backpressure logic is the
 same for both kinds of leg. An error met after some bytes in the same `read_into` is held
 and raised at the next call, so those bytes are relayed first. A leg half-closes with a
@@ -25,7 +27,7 @@ import socket
 import ssl
 
 from gateway.loop import READ, WRITE
-from gateway.relay import LINGER_RESET, shutdown_write
+from gateway.relay import LINGER_RESET, queued_bytes, shutdown_write
 
 RECORD = 16384            # largest TLS plaintext record
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -48,14 +50,22 @@ class TlsLeg:
     @classmethod
     def client(cls, ctx: ssl.SSLContext, sock: _socket.socket, server_name: str) -> "TlsLeg":
         """The gateway dials a member: verify it as `server_name` (a name or an IP).
-        The dial's C-level socket (dial.py) becomes a socket.socket, which ssl wraps;
-        SOCK_NONBLOCK in the type tells it the fd is non-blocking (else ssl would make
-        it blocking, from the timeout a bare fd is given)."""
-        if not isinstance(sock, socket.socket):
-            sock = socket.socket(sock.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
-                                 sock.proto, sock.detach())
-        return cls(ctx.wrap_socket(sock, server_side=False, do_handshake_on_connect=False,
-                                   server_hostname=server_name))
+        The leg takes the socket's fd: `sock` is detached at once, and if the leg
+        cannot be made its fd is closed before the error goes up (the caller drops its
+        registration by number: the closed fd has left epoll). ssl wraps only a
+        socket.socket, and the dial's is C-level (dial.py); SOCK_NONBLOCK in the type
+        tells the new object the fd is non-blocking (else ssl would make it blocking,
+        from the timeout a bare fd is given)."""
+        family, proto = sock.family, sock.proto
+        plain = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, proto,
+                              sock.detach())
+        try:
+            return cls(ctx.wrap_socket(plain, server_side=False,
+                                       do_handshake_on_connect=False,
+                                       server_hostname=server_name))
+        except BaseException:
+            plain.close()  # nothing if ssl took the fd: it closed it when it failed
+            raise
 
     @classmethod
     def server(cls, ctx: ssl.SSLContext, fd: int) -> "TlsLeg":
@@ -86,14 +96,15 @@ class TlsLeg:
         return self.sock.selected_alpn_protocol()
 
     def read_into(self, chan) -> int:
-        """Fill `chan` (a CopyChannel) with whole records; 0 at EOF; BlockingIOError
-        when nothing is there. An error (ssl.SSLError, OSError) met after some bytes
+        """Fill `chan` (a CopyChannel) with the whole records that are there; 0 at EOF;
+        BlockingIOError when nothing is there. An error (ssl.SSLError, OSError) met after some bytes
         were read in the same call is raised at the next call: those bytes are
         returned first, so they are relayed before the session ends."""
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
         view, size, recv, pending = chan.view, chan.size, self.sock.recv_into, self.sock.pending
+        queued, fd = queued_bytes, self.fd
         chan.start = 0
         got = 0
         eof = False
@@ -116,12 +127,11 @@ class TlsLeg:
                 eof = True  # close_notify or a bare FIN: reported now or at the next call
                 break
             got += n
-            if n < RECORD and not pending():
+            if n < RECORD and not pending() and not queued(fd):
                 # a record shorter than the largest, read whole (OpenSSL returns one
-                # record per call, and holds nothing more): a message, not a stream.
-                # Any next record is still in the socket, which the poller reports (no
-                # read-ahead); trying for it now would cost a failing recv and an
-                # SSLWantReadError raised and caught, on every small message
+                # record per call, reads no further ahead, and holds nothing more), and
+                # nothing else in the socket: asking for more now would cost a failing
+                # recv and an SSLWantReadError raised and caught, on every small message
                 break
         if got:
             return got

@@ -738,10 +738,14 @@ class Worker:
         (same deadline, same failover)."""
         sock, entry = dial.sock, dial.entry
         assert sock is not None and entry is not None
+        fd = sock.fileno()
         try:
             dial.utls = TlsLeg.client(self.tls.member_context(dial.protocol), sock,
                                       server_name(entry.endpoint.label))
         except (OSError, ValueError) as exc:
+            if dial.umask:  # the leg closed the fd (it left epoll): drop the callback
+                self.loop.forget(fd)
+                dial.umask = 0
             self._attempt_failed(dial, f"TLS with {entry.endpoint.address}: {exc}")
             return
         dial.sock = dial.utls.sock  # the wrapped socket now owns the fd
