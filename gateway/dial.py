@@ -5,15 +5,16 @@ design: `start` makes a non-blocking socket (one call: SOCK_NONBLOCK), sets the
 caller's socket options and starts the connect. The socket is the C-level
 `_socket.socket`: the Python subclass `socket.socket` adds a Python __init__ per
 socket and conveniences (makefile, a context manager, dup, sendfile) that a dial's
-socket, soon detached (a session keeps the raw fd) or closed, never uses. It returns the socket and whether it
-connected at once (on loopback the handshake is done when connect() returns, though
-it says EINPROGRESS: TCP_INFO tells); a connect refused at once raises
-`DialError`, the socket closed. A connect in progress is the caller's to watch: it
-registers the socket for WRITE on its loop and arms its own deadline; once writable,
-`outcome` says whether it connected. The texts are the Go original's net.Dial words,
-so operators grep the same lines: "dial tcp ADDR: connect: connection refused",
-"dial tcp ADDR: i/o timeout (dial timeout 1s)". socket() itself failing (EMFILE and
-the like) is an OSError for the caller: a local shortage, not the member's fault.
+socket, soon detached (a session keeps the raw fd) or closed, never uses. It returns
+the socket and whether it connected at once (on loopback the handshake is done when
+connect() returns, though it says EINPROGRESS: TCP_INFO tells); a connect refused at
+once raises `DialError`, the socket closed. A connect in progress is the caller's to
+watch: it registers the socket for WRITE on its loop and arms its own deadline; once
+writable, `outcome` says whether it connected. The texts are the Go original's
+net.Dial words, so operators grep the same lines: "dial tcp ADDR: connect: connection
+refused", "dial tcp ADDR: i/o timeout (dial timeout 1s)". socket() itself failing
+(EMFILE and the like) is an OSError for the caller: a local shortage, not the member's
+fault.
 """
 from __future__ import annotations
 

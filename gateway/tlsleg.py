@@ -96,15 +96,14 @@ class TlsLeg:
         return self.sock.selected_alpn_protocol()
 
     def read_into(self, chan) -> int:
-        """Fill `chan` (a CopyChannel) with the whole records that are there; 0 at EOF;
-        BlockingIOError when nothing is there. An error (ssl.SSLError, OSError) met after some bytes
-        were read in the same call is raised at the next call: those bytes are
-        returned first, so they are relayed before the session ends."""
+        """Fill `chan` (a CopyChannel) with the whole records that are there; 0 at
+        EOF; BlockingIOError when nothing is there. An error (ssl.SSLError, OSError)
+        met after some bytes were read in the same call is raised at the next call:
+        those bytes are returned first, so they are relayed before the session ends."""
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
-        view, size, recv, pending = chan.view, chan.size, self.sock.recv_into, self.sock.pending
-        queued, fd = queued_bytes, self.fd
+        view, size, recv, queued, fd = chan.view, chan.size, self.sock.recv_into, queued_bytes, self.fd
         chan.start = 0
         got = 0
         eof = False
@@ -127,11 +126,12 @@ class TlsLeg:
                 eof = True  # close_notify or a bare FIN: reported now or at the next call
                 break
             got += n
-            if n < RECORD and not pending() and not queued(fd):
+            if n < RECORD and not queued(fd):
                 # a record shorter than the largest, read whole (OpenSSL returns one
-                # record per call, reads no further ahead, and holds nothing more), and
-                # nothing else in the socket: asking for more now would cost a failing
-                # recv and an SSLWantReadError raised and caught, on every small message
+                # record per call and reads no further ahead; the loop's room of a
+                # record leaves it holding nothing), and nothing else in the socket:
+                # asking for more now would cost a failing recv and an SSLWantReadError
+                # raised and caught, on every small message
                 break
         if got:
             return got
