@@ -13,8 +13,10 @@ from peers import DIRECT, GO, HAPROXY, OURS, PEERS
 ROWS = [
     ("bulk.p1.gbps", "bulk 1 stream: Gbit/s", ("go", ">=", 1.0)),
     ("bulk.p1.cpu_s_per_gb", "bulk 1 stream: proxy CPU s/GB", ("go", "<=", 0.7)),
+    ("bulk.p1.machine_cpu_s_per_gb", "bulk 1 stream: machine CPU s/GB", None),
     ("bulk.p8.gbps", "bulk 8 streams: Gbit/s", ("go", ">=", 1.0)),
     ("bulk.p8.cpu_s_per_gb", "bulk 8 streams: proxy CPU s/GB", ("go", "<=", 0.7)),
+    ("bulk.p8.machine_cpu_s_per_gb", "bulk 8 streams: machine CPU s/GB", None),
     ("rr.c1.rps", "req/resp c=1: requests/s", ("go", ">=", 1.0)),
     ("rr.c1.p50_us", "req/resp c=1: p50 µs", None),
     ("rr.c1.p99_us", "req/resp c=1: p99 µs", None),
@@ -53,8 +55,11 @@ ROWS = [
     ("tls-bulk.p1.cpu_s_per_gb", "TLS origination, bulk 1 stream: proxy CPU s/GB", None),
     ("tls-rr.c64.rps", "TLS origination, req/resp c=64: requests/s", ("haproxy", ">=", 0.8)),
     ("tls-rr.c64.p99_us", "TLS origination, req/resp c=64: p99 µs", None),
+    ("tls-rr.c64.cpu_us_per_req", "TLS origination, req/resp c=64: proxy CPU µs/request", None),
     ("tls-churn.c64.cps", "TLS origination, new TLS connections/s (c=64)", ("haproxy", ">=", 0.8)),
     ("tls-churn.c64.p99_us", "TLS origination, new TLS connections: p99 µs", None),
+    ("tls-churn.c64.cpu_us_per_conn", "TLS origination, new TLS connections: proxy CPU µs/connection",
+     None),
 ]
 
 # throughput rows used to show that the load generator is not the bottleneck

@@ -19,7 +19,7 @@ import select
 import subprocess
 import time
 
-from procs import StartError, tree_stats
+from procs import StartError, system_busy_s, tree_stats
 
 WORKLOADS = ["bulk", "rr", "churn", "etcd", "idle", "tls-bulk", "tls-rr", "tls-churn"]
 TLS_WORKLOADS = ("tls-bulk", "tls-rr", "tls-churn")
@@ -94,6 +94,7 @@ def bulk(ctx, peer, port, streams_list=(1, 8), name="bulk", restart=None):
         r = None
         for _attempt in range(2):
             before = tree_stats(peer.root_pid) if peer.root_pid else None
+            busy_before = system_busy_s()
             argv = [ctx.iperf3_bin, "-c", "127.0.0.1", "-p", str(port), "-t", str(d.bulk), "-P", str(streams),
                     "-Z", "-J", "--connect-timeout", "3000"]
             try:
@@ -103,9 +104,15 @@ def bulk(ctx, peer, port, streams_list=(1, 8), name="bulk", restart=None):
             except (subprocess.TimeoutExpired, ValueError) as e:
                 j = {"error": repr(e)}
             after = tree_stats(peer.root_pid) if peer.root_pid else None
+            busy = system_busy_s() - busy_before
             if "error" not in j and "end" in j:
                 rx = j["end"]["sum_received"]
                 r = {"gbps": rx["bits_per_second"] / 1e9, "bytes": rx["bytes"], "seconds": rx["seconds"]}
+                if rx["bytes"]:
+                    # the whole machine's busy CPU per GB moved (both iperf3 ends, the
+                    # proxy, and the loopback softirq work wherever the kernel billed it);
+                    # minus direct's, it is what the proxy costs the host
+                    r["machine_cpu_s_per_gb"] = busy / (rx["bytes"] / 1e9)
                 if before is not None and after is not None:
                     cpu = after["cpu_s"] - before["cpu_s"]
                     r["proxy_cpu_s"] = cpu
@@ -124,6 +131,8 @@ def bulk(ctx, peer, port, streams_list=(1, 8), name="bulk", restart=None):
         if "cpu_s_per_gb" in r:
             res[f"{name}.{key}.cpu_s_per_gb"] = r["cpu_s_per_gb"]
             res[f"{name}.{key}.proxy_cpu_s"] = r["proxy_cpu_s"]
+        if "machine_cpu_s_per_gb" in r:
+            res[f"{name}.{key}.machine_cpu_s_per_gb"] = r["machine_cpu_s_per_gb"]
         res[f"{name}.{key}.gbytes"] = r["bytes"] / 1e9
     return res
 
@@ -149,6 +158,8 @@ def tls_rr(ctx, peer, port):
         res[f"tls-rr.{c}.rps"] = r["rate"]
         res[f"tls-rr.{c}.p99_us"] = r["p99_us"]
         res[f"tls-rr.{c}.errors"] = r["errors"]
+        if "cpu_us_per_op" in r:
+            res[f"tls-rr.{c}.cpu_us_per_req"] = r["cpu_us_per_op"]
     return res
 
 
@@ -158,6 +169,8 @@ def tls_churn(ctx, peer, port):
         res[f"tls-churn.{c}.cps"] = r["rate"]
         res[f"tls-churn.{c}.p99_us"] = r["p99_us"]
         res[f"tls-churn.{c}.errors"] = r["errors"]
+        if "cpu_us_per_op" in r:
+            res[f"tls-churn.{c}.cpu_us_per_conn"] = r["cpu_us_per_op"]
     return res
 
 
