@@ -7,7 +7,10 @@ TLS records: `read_into` fills it with the whole records the socket holds (never
 than a record's room per read, so OpenSSL is left holding no decrypted bytes the
 poller could not announce; after a short record it reads on only if the socket has
 more, FIONREAD, rather than learn it from a failing read), `write_from` encrypts from
-it. "Nothing now" is
+it. Both call the SSLSocket's `_sslobj` (the C object) directly: SSLSocket's
+`recv_into` and `send` add two Python frames per record (closed, flag and buffer checks)
+and turn a FIN without close_notify into 0, which `read_into` does itself (SSLEOFError).
+"Nothing now" is
 `BlockingIOError`, as for a plain socket, so the session's backpressure logic is the
 same for both kinds of leg. An error met after some bytes in the same `read_into` is held
 and raised at the next call, so those bytes are relayed first. A leg half-closes with a
@@ -103,16 +106,18 @@ class TlsLeg:
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
-        view, size, recv, queued, fd = chan.view, chan.size, self.sock.recv_into, queued_bytes, self.fd
+        view, size, queued, fd = chan.view, chan.size, queued_bytes, self.fd
+        recv = self.sock._sslobj.read  # type: ignore[attr-defined]
         chan.start = 0
         got = 0
         eof = False
         while size - got >= RECORD:
             try:
-                n = recv(view[got:])
+                n = recv(size - got, view[got:])
             except _WANT:
                 break
-            except ssl.SSLZeroReturnError:  # close_notify after ours: OpenSSL raises
+            except (ssl.SSLZeroReturnError,  # close_notify after ours: OpenSSL raises
+                    ssl.SSLEOFError):  # a FIN without close_notify: SSLSocket's ragged EOF
                 n = 0
             except OSError as exc:  # ssl.SSLError is one
                 if self._fin_sent and _is_alert(exc):
@@ -143,7 +148,8 @@ class TlsLeg:
         """Encrypt and send `count` bytes from `chan` at its start; BlockingIOError when
         the socket is full (OpenSSL keeps its place: retry with the same bytes)."""
         try:
-            n = self.sock.send(chan.view[chan.start:chan.start + count])
+            n = self.sock._sslobj.write(  # type: ignore[attr-defined]
+                chan.view[chan.start:chan.start + count])
         except _WANT:
             raise BlockingIOError from None
         chan.start += n

@@ -205,9 +205,14 @@ class TlsEchoOnce:
             self.error = exc
 
 
-def _member_leg(pki, upstream: socket.socket) -> TlsLeg:
+def _member_leg(pki, upstream: socket.socket, strict_eof: bool = False) -> TlsLeg:
+    """The gateway's TLS leg to a member on `upstream`, handshake done. `strict_eof`:
+    without OP_IGNORE_UNEXPECTED_EOF, so OpenSSL reports a FIN without close_notify
+    as an error, as OpenSSL 1.1 always does."""
     ctx = gwtls.load(_options(pki, cert_file="", key_file="", client_cert_auth=False,
                               client_ca_file="")).member_context("http/1.1")
+    if strict_eof:
+        ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     upstream.setblocking(False)
     leg = TlsLeg.client(ctx, upstream, "127.0.0.1")
     deadline = time.monotonic() + 10
@@ -263,7 +268,7 @@ class _Buffer:
         self.start = 0
 
 
-def _member_sending(pki, send: Callable[[ssl.SSLSocket], None]):
+def _member_sending(pki, send: Callable[[ssl.SSLSocket], None], strict_eof: bool = False):
     """(gateway's leg, server thread): a TLS member that runs `send` on its end of
     the connection, then waits; all it sent is in the gateway's socket on return."""
     gw_upstream, member = tcp_pair()
@@ -280,7 +285,7 @@ def _member_sending(pki, send: Callable[[ssl.SSLSocket], None]):
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
-    leg = _member_leg(pki, gw_upstream)
+    leg = _member_leg(pki, gw_upstream, strict_eof)
     assert sent.wait(10)
     time.sleep(0.2)
     return leg, server
@@ -316,28 +321,46 @@ def test_bytes_read_before_a_bad_record_are_returned_and_the_error_raised_next(p
 
 
 class _CountingReads:
-    """The leg's SSLSocket, with its recv_into calls counted (a spy: every call goes
-    to the real socket)."""
+    """The leg's OpenSSL connection (the SSLSocket's `_sslobj`, which the leg reads
+    through), with its reads counted (a spy: every call goes to the real object)."""
 
-    def __init__(self, sock: ssl.SSLSocket):
-        self._sock = sock
+    def __init__(self, sslobj):
+        self._sslobj = sslobj
         self.reads = 0
 
-    def recv_into(self, *args):
+    def read(self, *args):
         self.reads += 1
-        return self._sock.recv_into(*args)
+        return self._sslobj.read(*args)
 
     def __getattr__(self, name):
-        return getattr(self._sock, name)
+        return getattr(self._sslobj, name)
 
 
 def test_a_short_record_is_returned_after_one_read(pki):
     leg, server = _member_sending(pki, _records(b"m" * 64))
-    spy = leg.sock = _CountingReads(leg.sock)  # type: ignore[assignment]
+    spy = leg.sock._sslobj = _CountingReads(leg.sock._sslobj)  # type: ignore[attr-defined]
     try:
         buf = _Buffer()
         assert leg.read_into(buf) == 64
         assert spy.reads == 1  # no second read to learn that nothing more is there
+    finally:
+        leg.close()
+        server.join(10)
+
+
+def _last_words_then_a_bare_fin(tls: ssl.SSLSocket) -> None:
+    tls.sendall(b"last words")
+    with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+        raw.shutdown(socket.SHUT_WR)  # a FIN without close_notify
+
+
+@pytest.mark.parametrize("strict_eof", [False, True], ids=["openssl-3", "openssl-1.1"])
+def test_a_fin_without_close_notify_reads_as_the_end_of_the_stream(pki, strict_eof):
+    leg, server = _member_sending(pki, _last_words_then_a_bare_fin, strict_eof)
+    try:
+        buf = _Buffer()
+        assert bytes(buf.view[:leg.read_into(buf)]) == b"last words"
+        assert leg.read_into(buf) == 0  # an EOF, not an error that would reset the client
     finally:
         leg.close()
         server.join(10)
