@@ -19,11 +19,12 @@ still wake at once; a tail below the mark is never stranded: the pool's check
 (`ChannelPool.arm_lowat`) takes the mark back to 1 once a source was neither read nor
 fed for LOWAT_CHECK, which wakes the poller (a tail after a pause waits a few ms).
 
-A SMALL direction's readiness event is the one that etcd's traffic repeats, so it has
-its own short path (`_relay_small`): one readv into the pool's scratch buffer, one
-write of what came, and, when all of it went (the usual case), nothing else: no
-channel borrowed and returned, no interest to register (it did not change). Only what
-the destination did not take is copied into a borrowed buffer, to wait for WRITE.
+A SMALL or TLS direction's readiness event is the one that etcd's traffic repeats, so
+it has its own short path (`_relay_small`): one read into the pool's scratch buffer
+(readv, or the TLS leg's whole records), one write of what came (or its encryption),
+and, when all of it went (the usual case), nothing else: no channel borrowed and
+returned, no interest to register (it did not change). Only what the destination did
+not take is copied into a borrowed buffer, to wait for WRITE.
 
 Invariants (as Go's splice_linux.go and sshuttle's ssnet.py learnt them):
 - a direction reads its source only while its channel is empty, so EAGAIN on a read
@@ -343,7 +344,8 @@ class Mode(enum.Enum):
     """How a direction moves its bytes."""
     SMALL = "small"   # plain sockets, copied: the scratch-buffer fast path (Session._relay_small)
     BULK = "bulk"     # plain sockets, a read filled a whole buffer: spliced from then on
-    TLS = "tls"       # a TLS leg on either end: copied through the leg, always
+    TLS = "tls"       # a TLS leg on either end: copied through the leg, always (the
+    #                   short path too, _relay_small, while nothing is in flight)
 
 
 class Direction:
@@ -437,7 +439,7 @@ class Session:
             outgoing, incoming = self.up, self.down
         else:
             outgoing, incoming = self.down, self.up
-        if mask == READ and outgoing.mode is Mode.SMALL and outgoing.chan is None:
+        if mask == READ and outgoing.chan is None and outgoing.mode is not Mode.BULK:
             # the common event of etcd's traffic: a small message to pass on
             if not self._relay_small(outgoing):
                 self._settle()
@@ -448,21 +450,24 @@ class Session:
         """The member is connected: pass on what the client has already sent (it
         usually has spoken: this saves a wake-up), then register what the session
         wants."""
-        if self.up.mode is Mode.SMALL:
+        if self.up.mode is not Mode.BULK:
             self._relay_small(self.up)
             self._settle()
         else:
             self._event(READ, self.up, self.down)
 
     def _relay_small(self, d: Direction) -> bool:
-        """READ on a SMALL direction with nothing in flight: one read into the pool's
-        scratch buffer and one write of what came, no channel borrowed. True when the
+        """READ on a SMALL or TLS direction with nothing in flight: one read into the
+        pool's scratch buffer and one write of what came, no channel borrowed (a TLS
+        leg reads and writes whole records through the same buffer). True when the
         session's interest is unchanged (nothing came, or all of a short read was
         written): nothing to register. Otherwise (EOF, a partial write, a full
-        buffer, an error) the state moved and the caller settles it."""
+        buffer, an error, or one held by the TLS leg) the state moved and the caller
+        settles it."""
         scratch = self.pool.scratch
+        rleg, wleg = d.rleg, d.wleg
         try:
-            n = os.readv(d.src, scratch.iov)
+            n = os.readv(d.src, scratch.iov) if rleg is None else rleg.read_into(scratch)
         except BlockingIOError:
             return True
         except OSError as exc:
@@ -474,21 +479,28 @@ class Session:
                 return False
             d.moved += n
             try:
-                written = os.write(d.dst, scratch.view[:n])
+                if wleg is None:
+                    written = os.write(d.dst, scratch.view[:n])
+                else:
+                    scratch.start = 0
+                    written = wleg.write_from(scratch, n)
             except BlockingIOError:
                 written = 0
-            if written == n and n < scratch.size:
+            held = rleg is not None and rleg.failed  # an error behind these bytes
+            if written == n and n < scratch.size and not held:
                 return True
             if written < n:
-                # the destination is full: keep the rest, wait for WRITE
+                # the destination is full: keep the rest, wait for WRITE (a TLS write
+                # is retried with the same bytes, from the borrowed buffer)
                 chan = d.chan = self.pool.get_buffer()
                 chan.buf[:n - written] = scratch.view[written:n]
                 chan.start = 0
                 d.pending = n - written
-            if n == scratch.size:
-                d.mode = Mode.BULK  # a read filled a whole buffer: splice from now on
+            if n == scratch.size or held:
+                if d.mode is Mode.SMALL:
+                    d.mode = Mode.BULK  # a read filled a whole buffer: splice from now on
                 if not d.pending:
-                    self._pump(d)
+                    self._pump(d)  # read on (or meet the held error) on the usual path
         except OSError as exc:
             self.end(End.RESET, exc.strerror or str(exc))
         return False

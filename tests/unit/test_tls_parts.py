@@ -15,7 +15,7 @@ import pytest
 from gateway import config as gwconfig
 from gateway import tls as gwtls
 from gateway.addresses import HostPort
-from gateway.relay import End, SpliceChannel
+from gateway.relay import End, Mode, Session, SpliceChannel
 from gateway.tlsleg import (R_CERTIFICATE, R_NO_CERTIFICATE, R_TIMEOUT, TlsLeg,
                             failure_reason, server_name)
 from tests.support import tls as pki_support
@@ -233,7 +233,6 @@ def test_a_tls_member_leg_relays_bytes_intact_both_ways_and_carries_eof(pki):
     drv.pool.get = lambda: lent.append(1) or get()  # type: ignore[method-assign]
     try:
         gw_client.setblocking(False)
-        from gateway.relay import Session
         session = Session(gw_client.detach(), leg.fd, drv.pool, drv.sync, utls=leg)
         drv.live.append(session)
         drv.sync(session)
@@ -258,6 +257,67 @@ def test_a_tls_member_leg_relays_bytes_intact_both_ways_and_carries_eof(pki):
         app.close()
 
 
+def _tls_session(pki, drv: Driver, upstream: socket.socket, client: socket.socket):
+    """A session relaying `client` to a member over a TLS leg on `upstream`."""
+    leg = _member_leg(pki, upstream)
+    client.setblocking(False)
+    session = Session(client.detach(), leg.fd, drv.pool, drv.sync, utls=leg)
+    drv.live.append(session)
+    drv.sync(session)
+    return session
+
+
+def test_small_tls_messages_relayed_whole_borrow_no_buffer_and_change_no_registration(pki):
+    app, gw_client = tcp_pair()
+    gw_upstream, member = tcp_pair()
+    server = TlsEchoOnce(member, pki.member)
+    drv = Driver("splice")
+    try:
+        session = _tls_session(pki, drv, gw_upstream, gw_client)
+        borrowed, synced = [], []
+        get_buffer = drv.pool.get_buffer
+        drv.pool.get_buffer = lambda: borrowed.append(1) or get_buffer()  # type: ignore[method-assign]
+        session.sync = lambda s: (synced.append(s), drv.sync(s))  # type: ignore[assignment]
+        app.settimeout(5)
+        for i in range(10):
+            app.sendall(b"range key%d" % i)
+            drv.run_until(lambda total=(i + 1) * 10: session.down.moved == total)
+            assert app.recv(64) == b"range key%d" % i  # through the TLS member and back
+        assert borrowed == [] and synced == []
+        assert session.up.mode is Mode.TLS and session.down.mode is Mode.TLS
+    finally:
+        drv.close()
+        app.close()
+        server.thread.join(10)
+
+
+def test_an_error_behind_small_tls_bytes_ends_the_session_once_they_are_relayed(pki):
+    payload = os.urandom(40 * 1024)  # less than a buffer: the short path reads it
+    done = threading.Event()
+
+    def send(tls: ssl.SSLSocket) -> None:
+        tls.sendall(payload)
+        with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+            raw.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))  # does not decrypt
+        done.wait(10)  # and stays open, silent: no later event to raise the error at
+
+    app, gw_client = tcp_pair()
+    gw_upstream, member = tcp_pair()
+    thread = threading.Thread(target=_serve_once, args=(pki, member, send), daemon=True)
+    thread.start()
+    drv = Driver("splice")
+    try:
+        session = _tls_session(pki, drv, gw_upstream, gw_client)
+        drv.run_until(lambda: bool(session.ended), timeout=3)
+        assert session.ended is End.RESET
+        assert session.down.moved == len(payload)  # relayed before the reset
+    finally:
+        done.set()
+        drv.close()
+        app.close()
+        thread.join(10)
+
+
 class _Buffer:
     """What read_into fills: a CopyChannel's view, size and start."""
 
@@ -274,21 +334,26 @@ def _member_sending(pki, send: Callable[[ssl.SSLSocket], None], strict_eof: bool
     gw_upstream, member = tcp_pair()
     sent = threading.Event()
 
-    def serve() -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(pki.member.cert, pki.member.key)
-        member.settimeout(10)
-        with ctx.wrap_socket(member, server_side=True) as tls:
-            send(tls)
-            sent.set()
-            time.sleep(1)
+    def then_wait(tls: ssl.SSLSocket) -> None:
+        send(tls)
+        sent.set()
+        time.sleep(1)
 
-    server = threading.Thread(target=serve, daemon=True)
+    server = threading.Thread(target=_serve_once, args=(pki, member, then_wait), daemon=True)
     server.start()
     leg = _member_leg(pki, gw_upstream, strict_eof)
     assert sent.wait(10)
     time.sleep(0.2)
     return leg, server
+
+
+def _serve_once(pki, member: socket.socket, send: Callable[[ssl.SSLSocket], None]) -> None:
+    """A TLS member on `member` (blocking, in a thread): handshake, run `send`, close."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.member.cert, pki.member.key)
+    member.settimeout(10)
+    with ctx.wrap_socket(member, server_side=True) as tls:
+        send(tls)
 
 
 def _records(*records: bytes) -> Callable[[ssl.SSLSocket], None]:
