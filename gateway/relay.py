@@ -439,8 +439,10 @@ class Session:
             outgoing, incoming = self.up, self.down
         else:
             outgoing, incoming = self.down, self.up
-        if mask == READ and outgoing.chan is None and outgoing.mode is not Mode.BULK:
-            # the common event of etcd's traffic: a small message to pass on
+        if (mask & READ and outgoing.chan is None and outgoing.mode is not Mode.BULK
+                and not outgoing.done and (mask == READ or not incoming.pending)):
+            # the common event of etcd's traffic: a small message to pass on; or an
+            # EOF or an error (a hang-up comes as READ|WRITE) with nothing to write
             if not self._relay_small(outgoing):
                 self._settle()
         else:
