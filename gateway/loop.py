@@ -121,6 +121,14 @@ class Loop:
         """Give a registered fd another callback, its interest unchanged: no kernel call."""
         self._callbacks[fd] = callback
 
+    def requeue(self, fd: int, mask: int) -> None:
+        """Register `fd` again, callback and interest unchanged, to the back of the
+        line: epoll waits on a file through an entry in that file's wait queue, and an
+        EXCLUSIVE wake-up goes to the first entry whose process is waiting; a new
+        entry goes last. Two kernel calls."""
+        self._epoll.unregister(fd)
+        self._epoll.register(fd, mask)
+
     def remove(self, fd: int) -> None:
         self._epoll.unregister(fd)
         del self._callbacks[fd]

@@ -5,7 +5,9 @@ The listeners (TCP and unix, from listeners.py) are shared with the other worker
 kernel hands each connection to one of them, and wakes only one worker that waits for
 it: EPOLLEXCLUSIVE; one queue for all, so a stopped or busy worker strands no client,
 unlike a SO_REUSEPORT listener per worker, except one woken and stopped before it
-accepted: each tick every worker also accepts unbidden, see _sweep_listeners); one
+accepted: each tick every worker also accepts unbidden, see _sweep_listeners; the
+kernel wakes the first idle waiter in line, so a worker that holds more clients than
+another steps to the back after it accepts, see _ahead_of_another); one
 accept path serves them all, in
 bounded batches (accept.py, shared with the metrics server), and counts accepts per
 listener. A client of a unix listener has no TCP options: nothing here sets or assumes
@@ -208,6 +210,7 @@ class Worker:
         self._open_at = table.cell(index, GATEWAY, G_OPEN)
         self._limited_at = table.cell(index, GATEWAY, G_LIMITED)
         self._spin_at = table.cell(index, GATEWAY, G_SPIN_MICROS)
+        self._peer_open_at: list[int] = []  # the other workers' G_OPEN cells (_find_peers)
         self._emfile_log = gwlog.Throttle()
         self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
@@ -233,6 +236,7 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         for lst in self.listeners:
             lst.sock.setblocking(False)  # keepalive: set by the master (inherited at accept)
+        self._find_peers()
         self._resume_accepting()
         self.table.beat(self.index, time.monotonic())
         self.loop.call_later(TICK, self._tick)
@@ -292,6 +296,7 @@ class Worker:
         if self.table.tls_generation != self._tls_gen:
             self._reload_tls()
         self.pool.trim()
+        self._find_peers()
         self._sweep_listeners()
         if self.state == State.DRAINING:
             if time.monotonic() >= self._drain_deadline:
@@ -409,6 +414,7 @@ class Worker:
         door, accepted_at, denied_at, allow = self._doors[fd]
         unix = door.kind == Kind.UNIX
         accepted = 0
+        held = self._open_count()  # before this batch (see _ahead_of_another)
         # --max-connections: the other workers' clients as of the master's last refresh
         # (they do not change within this batch), this worker's own counted exactly
         limit = self.table.max_connections
@@ -435,6 +441,28 @@ class Worker:
             cells[self._accepted_at] += accepted
             cells[accepted_at] += accepted
             cells[self._open_at] = self._open_count()
+            if held and self._registered and self._ahead_of_another(held):
+                self.loop.requeue(fd, READ | EXCLUSIVE)
+
+    def _ahead_of_another(self, held: int) -> bool:
+        """True when another worker holds fewer clients than the `held` this one had
+        before its latest accepts: then it goes to the back of the listener's line
+        (`Loop.requeue`), so the next client arriving while both wait wakes that one.
+        The kernel wakes the first waiter in line, always the same one when all are
+        idle: without this, long-lived clients opened one after another (etcd's gRPC
+        connections, a pool) would all land on one worker, and the others would idle.
+        A worker that held no client keeps its place: a short connection that came
+        and went leaves it first in line, warm (its busy polling catches the next
+        one; alternating would wake a sleeping worker for each)."""
+        cells = self._cells
+        return any(cells[at] < held for at in self._peer_open_at)
+
+    def _find_peers(self) -> None:
+        """The other live workers' open-client cells (refreshed each tick: a worker
+        replaced in between reads as 0 until then, which only moves this one back)."""
+        table = self.table
+        self._peer_open_at = [table.cell(index, GATEWAY, G_OPEN)
+                              for index in table.live_workers() if index != self.index]
 
     def _sweep_listeners(self) -> None:
         """Accept what waits, once a tick, without being woken. With EPOLLEXCLUSIVE a

@@ -1,8 +1,12 @@
-"""How workers wait for new clients: one waker per connection (gateway/worker.py), seen
-from outside on the real binary. That a stopped worker strands no client with it is
-shown by tests/integration/test_watchdog.py (a SIGSTOPped worker, --worker-timeout=0)."""
+"""How workers wait for new clients: one waker per connection, and long-lived clients
+spread over the workers (gateway/worker.py), seen from outside on the real binary.
+That a stopped worker strands no client with it is shown by
+tests/integration/test_watchdog.py (a SIGSTOPped worker, --worker-timeout=0)."""
 import os
+import socket
+import time
 
+import psutil
 import pytest
 
 from tests.support.clients import echo_once, wait_until
@@ -59,3 +63,34 @@ def test_each_worker_waits_on_the_shared_listener_as_an_exclusive_waker(gateway_
             masks = epoll_events_for(pid, inode)
             assert masks, f"worker {pid} does not wait on the listener"
             assert all(m & EPOLLEXCLUSIVE and m & 1 for m in masks), [hex(m) for m in masks]
+
+
+def clients_per_worker(gw, port: int) -> list[int]:
+    """Established client connections each worker holds on the listener's port."""
+    return [sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+            for pid in gw.worker_pids()]
+
+
+def test_long_lived_clients_opened_one_after_another_are_spread_over_the_workers(
+        gateway_factory):
+    # the kernel wakes the first idle waiter in the listener's line, the same worker
+    # each time: a worker that holds more clients than another steps to the back
+    port, = free_ports(1)
+    clients: list[socket.socket] = []
+    with EchoServer() as echo:
+        gw = gateway_factory([f"--listen-addr=127.0.0.1:{port}", f"--endpoints={echo.addr}",
+                              "--workers=2", "--health-check=none"])
+        wait_until(lambda: len(gw.worker_pids()) == 2, 10, "2 workers never came up")
+        time.sleep(1.2)  # two ticks: each worker has seen the other (Worker._find_peers)
+        try:
+            for _ in range(8):  # one at a time, each relayed before the next connects
+                client = socket.create_connection(("127.0.0.1", port), timeout=10)
+                clients.append(client)
+                client.sendall(b"x")
+                assert client.recv(1) == b"x"
+            counts = clients_per_worker(gw, port)
+            assert sum(counts) == 8 and min(counts) >= 3, counts
+        finally:
+            for client in clients:
+                client.close()

@@ -167,6 +167,22 @@ def test_a_forgotten_fd_leaves_epoll_when_closed_so_its_number_can_be_added_agai
             s.close()
 
 
+def test_a_requeued_fd_keeps_its_callback_and_interest():
+    loop = Loop()
+    a, b = socket.socketpair()
+    try:
+        seen = []
+        loop.add(a.fileno(), READ, lambda fd, mask: seen.append(mask))
+        b.sendall(b"x")
+        loop.requeue(a.fileno(), READ)  # while it is ready: still reported
+        loop.run_once(0.5)
+        assert seen == [READ]
+    finally:
+        loop.close()
+        a.close()
+        b.close()
+
+
 # -- busy polling (--busy-poll): the spin adapts as KVM's halt-polling does --------------
 @pytest.fixture
 def reading_loop():
