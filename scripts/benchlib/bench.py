@@ -246,6 +246,7 @@ def main(argv=None):
     errors = []
     needed = sorted({BACKEND_OF[w] for w in args.only})
     foreign = {}  # (round, workload, peer) -> share of the CPUs used by other processes
+    stolen = {}   # (round, workload, peer) -> share of the CPUs the hypervisor gave away
     probe = procs.ForeignLoad()
     time.sleep(1.0)
     before_start = probe.fraction()
@@ -293,12 +294,14 @@ def main(argv=None):
                         ctx.note(f"round {rnd + 1} {w}: {name} exited during the measurement (status {rc}); "
                                  f"its log ends: {peer.log_tail()[-400:]}")
                     foreign[(rnd + 1, w, name)] = load.fraction()
+                    stolen[(rnd + 1, w, name)] = load.stolen()
                     for k, v in res.items():
                         samples[name].setdefault(k, []).append(v)
                         if k.endswith(".errors") and v:
                             errors.append(f"round {rnd + 1}: {name} {k[:-7]}: {v} failed requests/connections")
                     print(f"[round {rnd + 1}/{args.rounds}] {w:5s} {name:14s} {time.monotonic() - t0:5.1f}s "
-                          f"other load {foreign[(rnd + 1, w, name)]:4.0%}  {brief(res)}", file=sys.stderr, flush=True)
+                          f"other load {foreign[(rnd + 1, w, name)]:4.0%} steal {stolen[(rnd + 1, w, name)]:4.0%}  "
+                          f"{brief(res)}", file=sys.stderr, flush=True)
     finally:
         for p in peers.values():
             p.stop()
@@ -336,7 +339,8 @@ def main(argv=None):
         "goals": goals,
         "headroom": head,
         "other_load": {"before_start": before_start,
-                       "per_measurement": [{"round": r, "workload": w, "peer": p, "cpu_share": v}
+                       "per_measurement": [{"round": r, "workload": w, "peer": p, "cpu_share": v,
+                                            "steal_share": stolen.get((r, w, p), 0.0)}
                                            for (r, w, p), v in foreign.items()]},
         "errors": errors,
         "notes": ctx.notes,
@@ -374,6 +378,13 @@ def main(argv=None):
                    f"median {statistics.median(vals):.0%}, max {vals[-1]:.0%}; before the run {before_start:.0%}.")
         if busy:
             out.append(f"Disturbed (> {FOREIGN_WARN:.0%}): " + ", ".join(busy))
+        steal = sorted(stolen.values())
+        out.append(f"Steal (CPU time the hypervisor gave to other guests, per measurement: a shared host's "
+                   f"load, which 'other load' cannot see): median {statistics.median(steal):.0%}, "
+                   f"max {steal[-1]:.0%}.")
+        robbed = [f"{w}/{p} r{r} {v:.0%}" for (r, w, p), v in stolen.items() if v > FOREIGN_WARN]
+        if robbed:
+            out.append(f"Stolen from (> {FOREIGN_WARN:.0%}): " + ", ".join(robbed))
         out.append("")
     out.append("Clients:")
     for w in args.only:

@@ -101,6 +101,14 @@ def system_busy_s():
     return (user + nice + system + irq + softirq) / CLK_TCK
 
 
+def system_steal_s():
+    """CPU seconds the hypervisor ran other guests while this machine's CPUs wanted to
+    run (/proc/stat "steal"), since boot; 0 on bare metal."""
+    with open("/proc/stat") as f:
+        v = f.readline().split()
+    return int(v[8]) / CLK_TCK if len(v) > 8 else 0.0
+
+
 def own_cpu_s():
     """CPU seconds used by this process and every descendant, live or reaped.
 
@@ -124,6 +132,16 @@ class ForeignLoad:
         self.t = time.monotonic()
         self.busy = system_busy_s()
         self.own = own_cpu_s()
+        self.steal = system_steal_s()
+
+    def stolen(self):
+        """Share of the CPUs' time the hypervisor gave to other guests since start():
+        load this machine cannot see as processes (a shared host), which slows every
+        peer unevenly, the one measured at that moment most."""
+        wall = time.monotonic() - self.t
+        if wall <= 0:
+            return 0.0
+        return max(0.0, (system_steal_s() - self.steal) / (wall * (os.cpu_count() or 1)))
 
     def fraction(self):
         wall = time.monotonic() - self.t
