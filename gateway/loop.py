@@ -1,7 +1,8 @@
 """A small event loop: a level-triggered epoll poller, monotonic timers, a signal wake-up fd.
 
 design: the loop's own API is `add` / `modify` / `remove` an fd with an interest mask
-and a callback, and `set_interest` to move an fd between masks (0 = not registered);
+and a callback, `set_interest` to move an fd between masks (0 = not registered), and
+`requeue` to put a shared fd's registration at the back of its wait queue;
 the poller behind it is private: `select.epoll` with one dict from fd to callback,
 called as `callback(fd, mask)`. It replaces `selectors` on purpose: a
 relayed connection registers its session object itself for both of its sockets, so
@@ -122,12 +123,22 @@ class Loop:
         self._callbacks[fd] = callback
 
     def requeue(self, fd: int, mask: int) -> None:
-        """Register `fd` again, callback and interest unchanged, to the back of the
-        line: epoll waits on a file through an entry in that file's wait queue, and an
-        EXCLUSIVE wake-up goes to the first entry whose process is waiting; a new
-        entry goes last. Two kernel calls."""
+        """Register `fd` again with `mask` (its interest: the caller's), callback
+        unchanged, at the back of the line: epoll waits on a file through an entry in
+        that file's wait queue, and an EXCLUSIVE wake-up goes to the first entry whose
+        process is sleeping in epoll_wait; a new entry goes last. Two kernel calls. If
+        the kernel cannot take it back (ENOMEM, ENOSPC: the watch limit), `fd` is left
+        unregistered, its callback dropped, and the error raised."""
         self._epoll.unregister(fd)
-        self._epoll.register(fd, mask)
+        try:
+            self._epoll.register(fd, mask)
+        except OSError:
+            del self._callbacks[fd]
+            raise
+
+    def watching(self, fd: int) -> bool:
+        """True while `fd` is registered."""
+        return fd in self._callbacks
 
     def remove(self, fd: int) -> None:
         self._epoll.unregister(fd)

@@ -181,7 +181,7 @@ class ChannelPool:
         self._buffers: list[CopyChannel] = []
         self.pipes_open = 0  # pipes in existence (lent + idle), for figures and tests
         self._lent_since_trim = False
-        # the one buffer every SMALL direction reads into and writes from at once
+        # the one buffer every SMALL or TLS direction reads into and writes from at once
         # (Session._relay_small): never lent, never holds bytes between events
         self.scratch = CopyChannel()
 

@@ -27,7 +27,8 @@ whatever the picker.
 Accepting is a small state machine (`Accepting`): OPEN (every listener registered),
 FULL (--max-connections reached across all workers: listeners unregistered, so new
 clients wait in the kernel's backlog; re-checked every LIMIT_RECHECK and whenever one
-of this worker's clients goes), NO_FDS (EMFILE: resumed after ACCEPT_PAUSE) and CLOSED
+of this worker's clients goes), NO_FDS (EMFILE, or a listener the kernel could not
+take back: resumed after ACCEPT_PAUSE) and CLOSED
 (draining). The count is checked before each accept: the worker's own clients
 (dialling or relayed) exactly, the other workers' as of the master's last load refresh
 (health.py). With --balance least-connections the candidates are ordered by the
@@ -359,7 +360,7 @@ class Worker:
             for fd in self._doors:
                 if want:  # EXCLUSIVE: one waker per connection (see loop.py)
                     self.loop.add(fd, READ | EXCLUSIVE, self._on_acceptable)
-                else:
+                elif self.loop.watching(fd):  # not if a requeue lost it (_on_acceptable)
                     self.loop.remove(fd)
             self._registered = want
         self._accepting = state
@@ -442,7 +443,10 @@ class Worker:
             cells[accepted_at] += accepted
             cells[self._open_at] = self._open_count()
             if held and self._registered and self._ahead_of_another(held):
-                self.loop.requeue(fd, READ | EXCLUSIVE)
+                try:
+                    self.loop.requeue(fd, READ | EXCLUSIVE)
+                except OSError as exc:  # the listener is out of epoll: as for EMFILE
+                    self._pause_accepting(exc, "cannot wait on a listener again: pausing accept")
 
     def _ahead_of_another(self, held: int) -> bool:
         """True when another worker holds fewer clients than the `held` this one had
@@ -495,13 +499,18 @@ class Worker:
     def _out_of_descriptors(self, exc: OSError) -> None:
         """EMFILE/ENFILE: stop reading the listener for a moment (or the loop would
         spin on it), say so at most once a second, and carry on serving."""
+        self._pause_accepting(exc, "out of file descriptors: pausing accept")
+
+    def _pause_accepting(self, exc: OSError, message: str) -> None:
+        """A kernel resource ran short: stop accepting for ACCEPT_PAUSE (NO_FDS), then
+        register every listener again; say `message` at most once a second."""
         if self._accepting != Accepting.OPEN:
             return  # already paused (or closed): one pause at a time
         self._set_accepting(Accepting.NO_FDS)
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
         suppressed = self._emfile_log.allow()
         if suppressed is not None:
-            logger.warning("out of file descriptors: pausing accept", extra=gwlog.fields(
+            logger.warning(message, extra=gwlog.fields(
                 worker=self.index, error=exc.strerror, pause=ACCEPT_PAUSE,
                 connections=self.session_count, repeats=suppressed))
 

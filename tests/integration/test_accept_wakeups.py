@@ -9,6 +9,7 @@ import time
 import psutil
 import pytest
 
+from gateway.worker import TICK
 from tests.support.clients import echo_once, wait_until
 from tests.support.echo import EchoServer
 from tests.support.ports import free_ports
@@ -67,22 +68,28 @@ def test_each_worker_waits_on_the_shared_listener_as_an_exclusive_waker(gateway_
 
 def clients_per_worker(gw, port: int) -> list[int]:
     """Established client connections each worker holds on the listener's port."""
-    return [sum(1 for c in psutil.Process(pid).net_connections("tcp")
-                if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
-            for pid in gw.worker_pids()]
+    counts = []
+    for pid in gw.worker_pids():
+        proc = psutil.Process(pid)
+        listing = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+        counts.append(sum(1 for c in listing("tcp")
+                          if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port))
+    return counts
 
 
 def test_long_lived_clients_opened_one_after_another_are_spread_over_the_workers(
         gateway_factory):
-    # the kernel wakes the first idle waiter in the listener's line, the same worker
-    # each time: a worker that holds more clients than another steps to the back
+    # the kernel wakes the first worker asleep in the listener's line, the same one
+    # each time: a worker that holds more clients than another steps to the back.
+    # No busy polling: a worker spinning is not asleep, and may take the next client
+    # whatever the line's order
     port, = free_ports(1)
     clients: list[socket.socket] = []
     with EchoServer() as echo:
         gw = gateway_factory([f"--listen-addr=127.0.0.1:{port}", f"--endpoints={echo.addr}",
-                              "--workers=2", "--health-check=none"])
+                              "--workers=2", "--health-check=none", "--busy-poll=0"])
         wait_until(lambda: len(gw.worker_pids()) == 2, 10, "2 workers never came up")
-        time.sleep(1.2)  # two ticks: each worker has seen the other (Worker._find_peers)
+        time.sleep(2.5 * TICK)  # each worker has seen the other (Worker._find_peers, per tick)
         try:
             for _ in range(8):  # one at a time, each relayed before the next connects
                 client = socket.create_connection(("127.0.0.1", port), timeout=10)

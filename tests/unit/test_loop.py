@@ -1,4 +1,6 @@
 """The event loop: dispatch, timers, and containment of a failing handler."""
+import errno
+import os
 import socket
 import threading
 import time
@@ -167,7 +169,7 @@ def test_a_forgotten_fd_leaves_epoll_when_closed_so_its_number_can_be_added_agai
             s.close()
 
 
-def test_a_requeued_fd_keeps_its_callback_and_interest():
+def test_a_requeued_fd_keeps_its_callback_and_is_reported_when_ready():
     loop = Loop()
     a, b = socket.socketpair()
     try:
@@ -178,6 +180,37 @@ def test_a_requeued_fd_keeps_its_callback_and_interest():
         loop.run_once(0.5)
         assert seen == [READ]
     finally:
+        loop.close()
+        a.close()
+        b.close()
+
+
+class _RegisterFails:
+    """An epoll whose register fails as at the watch limit (the rest is the real one)."""
+
+    def __init__(self, epoll):
+        self._epoll = epoll
+
+    def register(self, fd, mask):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._epoll, name)
+
+
+def test_a_requeue_the_kernel_refuses_leaves_the_fd_unregistered_and_says_so():
+    loop = Loop()
+    a, b = socket.socketpair()
+    real = loop._epoll
+    try:
+        loop.add(a.fileno(), READ, lambda fd, mask: None)
+        loop._epoll = _RegisterFails(real)  # type: ignore[assignment]
+        with pytest.raises(OSError):
+            loop.requeue(a.fileno(), READ)
+        assert not loop.watching(a.fileno())
+        real.register(a.fileno(), READ)  # not in epoll any more: no EEXIST
+    finally:
+        loop._epoll = real
         loop.close()
         a.close()
         b.close()

@@ -257,9 +257,10 @@ def test_a_tls_member_leg_relays_bytes_intact_both_ways_and_carries_eof(pki):
         app.close()
 
 
-def _tls_session(pki, drv: Driver, upstream: socket.socket, client: socket.socket):
-    """A session relaying `client` to a member over a TLS leg on `upstream`."""
-    leg = _member_leg(pki, upstream)
+def _tls_session(pki, drv: Driver, upstream: socket.socket | TlsLeg, client: socket.socket):
+    """A session relaying `client` to a member over a TLS leg on `upstream` (or
+    that leg, made already)."""
+    leg = upstream if isinstance(upstream, TlsLeg) else _member_leg(pki, upstream)
     client.setblocking(False)
     session = Session(client.detach(), leg.fd, drv.pool, drv.sync, utls=leg)
     drv.live.append(session)
@@ -293,12 +294,13 @@ def test_small_tls_messages_relayed_whole_borrow_no_buffer_and_change_no_registr
 
 def test_an_error_behind_small_tls_bytes_ends_the_session_once_they_are_relayed(pki):
     payload = os.urandom(40 * 1024)  # less than a buffer: the short path reads it
-    done = threading.Event()
+    sent, done = threading.Event(), threading.Event()
 
     def send(tls: ssl.SSLSocket) -> None:
         tls.sendall(payload)
         with socket.socket(fileno=os.dup(tls.fileno())) as raw:
             raw.sendall(b"\x17\x03\x03\x00\x20" + os.urandom(32))  # does not decrypt
+        sent.set()
         done.wait(10)  # and stays open, silent: no later event to raise the error at
 
     app, gw_client = tcp_pair()
@@ -307,7 +309,10 @@ def test_an_error_behind_small_tls_bytes_ends_the_session_once_they_are_relayed(
     thread.start()
     drv = Driver("splice")
     try:
-        session = _tls_session(pki, drv, gw_upstream, gw_client)
+        leg = _member_leg(pki, gw_upstream)
+        assert sent.wait(10)
+        time.sleep(0.2)  # all of it waits in the gateway's socket: one read meets the error
+        session = _tls_session(pki, drv, leg, gw_client)
         drv.run_until(lambda: bool(session.ended), timeout=3)
         assert session.ended is End.RESET
         assert session.down.moved == len(payload)  # relayed before the reset

@@ -1,6 +1,8 @@
 """The worker's handling of sessions, on real sockets, without forking."""
+import errno
 import os
 import socket
+import time
 
 from gateway import log as gwlog
 from gateway.addresses import HostPort
@@ -8,7 +10,8 @@ from gateway.endpoints import Endpoint
 from gateway.health import C_ACTIVE, HealthTable
 from gateway.listeners import open_listener
 from gateway.relay import Session
-from gateway.worker import State, Worker, WorkerSettings
+from gateway.accept import ACCEPT_PAUSE
+from gateway.worker import Accepting, State, Worker, WorkerSettings
 
 SETTINGS = WorkerSettings(dial_timeout=1.0, dial_total_timeout=10.0, timeout_fall=2,
                           shutdown_timeout=5.0,
@@ -52,3 +55,56 @@ def test_a_session_whose_handler_fails_is_closed_and_the_worker_goes_on():
     for sock in (app, member, listener):
         sock.close()
     worker.loop.close()
+
+
+class _RegisterFailsOnce:
+    """The worker loop's epoll, whose next register of `fd` fails as at the watch
+    limit."""
+
+    def __init__(self, epoll, fd: int):
+        self._epoll = epoll
+        self._fd = fd
+        self.failed = False
+
+    def register(self, fd, mask):
+        if fd == self._fd and not self.failed:
+            self.failed = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._epoll.register(fd, mask)
+
+    def __getattr__(self, name):
+        return getattr(self._epoll, name)
+
+
+def test_a_listener_the_kernel_cannot_take_back_pauses_accepting_then_is_registered_again():
+    table = HealthTable()
+    member = socket.create_server(("127.0.0.1", 0))  # the kernel completes its handshakes
+    table.publish([Endpoint("m", socket.AF_INET, "127.0.0.1", member.getsockname()[1])])
+    index = table.claim_worker_slot(os.getpid())
+    table.claim_worker_slot(os.getppid())  # another worker, holding no client
+    listener = open_listener(HostPort("127.0.0.1", 0), 0o660, "")
+    listener.slot = table.claim_listener_slot()
+    worker = Worker(index, [listener], table, SETTINGS, os.getppid())
+    worker._find_peers()
+    worker._resume_accepting()
+    worker.session_count = 1  # it holds more than the other: it requeues after accepting
+    epoll = worker.loop._epoll
+    worker.loop._epoll = _RegisterFailsOnce(epoll, listener.fileno())  # type: ignore[assignment]
+    client = socket.create_connection(listener.sock.getsockname(), timeout=5)
+    try:
+        client.sendall(b"x")
+        worker.loop.run_once(0.5)
+        assert worker.loop._epoll.failed  # type: ignore[attr-defined]
+        assert worker._accepting == Accepting.NO_FDS
+        assert not worker.loop.watching(listener.fileno())
+        deadline = time.monotonic() + ACCEPT_PAUSE + 5
+        while worker._accepting != Accepting.OPEN:
+            assert time.monotonic() < deadline, "accepting never resumed"
+            worker.loop.run_once(0.05)
+        assert worker.loop.watching(listener.fileno())
+    finally:
+        worker.loop._epoll = epoll
+        client.close()
+        worker._close_all()
+        worker.loop.close()
+        member.close()
