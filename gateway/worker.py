@@ -6,8 +6,8 @@ kernel hands each connection to one of them, and wakes only one worker that wait
 it: EPOLLEXCLUSIVE; one queue for all, so a stopped or busy worker strands no client,
 unlike a SO_REUSEPORT listener per worker, except one woken and stopped before it
 accepted: each tick every worker also accepts unbidden, see _sweep_listeners; the
-kernel wakes the first idle waiter in line, so a worker that holds more clients than
-another steps to the back after it accepts, see _ahead_of_another); one
+kernel wakes the first idle waiter in line, so a worker that holds two clients more
+than another steps to the back after it accepts, see _ahead_of_another); one
 accept path serves them all, in
 bounded batches (accept.py, shared with the metrics server), and counts accepts per
 listener. A client of a unix listener has no TCP options: nothing here sets or assumes
@@ -95,6 +95,7 @@ SNIFF_RETRY_MAX = 0.5    # doubled at each look up to this (a client that stalls
                          # costs a few looks, not one every 5 ms until its timeout)
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
+REQUEUE_MARGIN = 2       # clients more than another worker holds: step to the back
 _ONE = b"\x01\0\0\0"   # FIONBIO argument: non-blocking on
 _H2_PREFACE = b"PRI "    # how an HTTP/2 client (gRPC) starts: "PRI * HTTP/2.0"
 
@@ -442,24 +443,29 @@ class Worker:
             cells[self._accepted_at] += accepted
             cells[accepted_at] += accepted
             cells[self._open_at] = self._open_count()
-            if held and self._registered and self._ahead_of_another(held):
+            if held >= REQUEUE_MARGIN and self._registered and self._ahead_of_another(held):
                 try:
                     self.loop.requeue(fd, READ | EXCLUSIVE)
                 except OSError as exc:  # the listener is out of epoll: as for EMFILE
                     self._pause_accepting(exc, "cannot wait on a listener again: pausing accept")
 
     def _ahead_of_another(self, held: int) -> bool:
-        """True when another worker holds fewer clients than the `held` this one had
-        before its latest accepts: then it goes to the back of the listener's line
-        (`Loop.requeue`), so the next client arriving while both wait wakes that one.
-        The kernel wakes the first waiter in line, always the same one when all are
-        idle: without this, long-lived clients opened one after another (etcd's gRPC
-        connections, a pool) would all land on one worker, and the others would idle.
+        """True when another worker holds REQUEUE_MARGIN clients fewer than the `held`
+        this one had before its latest accepts: then it goes to the back of the
+        listener's line (`Loop.requeue`), so the next client arriving while both wait
+        wakes that one. The kernel wakes the first waiter in line, always the same one
+        when all are idle: without this, long-lived clients opened one after another
+        (etcd's gRPC connections, a pool) would all land on one worker, and the others
+        would idle. One client ahead is not enough: a short connection still closing
+        when the client's next one arrives (a script's commands, one after another)
+        would send every other connection to a sleeping worker, each paying a wake-up
+        (churn c=1: 2026-2524 connections/s with a margin of one, 2454-2813 with two).
         A worker that held no client keeps its place: a short connection that came
         and went leaves it first in line, warm (its busy polling catches the next
         one; alternating would wake a sleeping worker for each)."""
+        fewer = held - REQUEUE_MARGIN
         cells = self._cells
-        return any(cells[at] < held for at in self._peer_open_at)
+        return any(cells[at] <= fewer for at in self._peer_open_at)
 
     def _find_peers(self) -> None:
         """The other live workers' open-client cells (refreshed each tick: a worker

@@ -11,7 +11,7 @@ from gateway.health import C_ACTIVE, HealthTable
 from gateway.listeners import open_listener
 from gateway.relay import Session
 from gateway.accept import ACCEPT_PAUSE
-from gateway.worker import Accepting, State, Worker, WorkerSettings
+from gateway.worker import REQUEUE_MARGIN, Accepting, State, Worker, WorkerSettings
 
 SETTINGS = WorkerSettings(dial_timeout=1.0, dial_total_timeout=10.0, timeout_fall=2,
                           shutdown_timeout=5.0,
@@ -76,6 +76,47 @@ class _RegisterFailsOnce:
         return getattr(self._epoll, name)
 
 
+def _accepts_one_holding(held: int) -> list[int]:
+    """A worker holding `held` clients (another worker holds none) accepts one more:
+    the fds it stepped back in line for."""
+    table = HealthTable()
+    member = socket.create_server(("127.0.0.1", 0))  # the kernel completes its handshakes
+    table.publish([Endpoint("m", socket.AF_INET, "127.0.0.1", member.getsockname()[1])])
+    index = table.claim_worker_slot(os.getpid())
+    table.claim_worker_slot(os.getppid())  # another worker, holding no client
+    listener = open_listener(HostPort("127.0.0.1", 0), 0o660, "")
+    listener.slot = table.claim_listener_slot()
+    worker = Worker(index, [listener], table, SETTINGS, os.getppid())
+    worker._find_peers()
+    worker._resume_accepting()
+    worker.session_count = held
+    requeued: list[int] = []
+    requeue = worker.loop.requeue
+    worker.loop.requeue = lambda fd, mask: (requeued.append(fd), requeue(fd, mask))  # type: ignore[method-assign]
+    client = socket.create_connection(listener.sock.getsockname(), timeout=5)
+    try:
+        client.sendall(b"x")
+        worker.loop.run_once(0.5)
+        assert worker.session_count == held + 1
+        return requeued
+    finally:
+        client.close()
+        worker._close_all()
+        worker.loop.close()
+        member.close()
+
+
+def test_a_worker_one_client_ahead_of_another_keeps_its_place_in_the_listeners_line():
+    # a script's short connections overlap by one (the last still closing as the
+    # next arrives): stepping back would hand every other one to a sleeping worker
+    assert _accepts_one_holding(1) == []
+
+
+def test_a_worker_two_clients_ahead_of_another_steps_to_the_back_of_the_line():
+    requeued = _accepts_one_holding(2)
+    assert len(requeued) == 1
+
+
 def test_a_listener_the_kernel_cannot_take_back_pauses_accepting_then_is_registered_again():
     table = HealthTable()
     member = socket.create_server(("127.0.0.1", 0))  # the kernel completes its handshakes
@@ -87,7 +128,8 @@ def test_a_listener_the_kernel_cannot_take_back_pauses_accepting_then_is_registe
     worker = Worker(index, [listener], table, SETTINGS, os.getppid())
     worker._find_peers()
     worker._resume_accepting()
-    worker.session_count = 1  # it holds more than the other: it requeues after accepting
+    worker.session_count = REQUEUE_MARGIN  # it holds that many more than the other: it
+    #                                        requeues after accepting
     epoll = worker.loop._epoll
     worker.loop._epoll = _RegisterFailsOnce(epoll, listener.fileno())  # type: ignore[assignment]
     client = socket.create_connection(listener.sock.getsockname(), timeout=5)
