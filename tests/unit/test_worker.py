@@ -1,8 +1,10 @@
 """The worker's handling of sessions, on real sockets, without forking."""
+import contextlib
 import errno
 import os
 import socket
 import time
+from collections.abc import Iterator
 
 from gateway import log as gwlog
 from gateway.addresses import HostPort
@@ -76,9 +78,10 @@ class _RegisterFailsOnce:
         return getattr(self._epoll, name)
 
 
-def _accepts_one_holding(held: int) -> list[int]:
-    """A worker holding `held` clients (another worker holds none) accepts one more:
-    the fds it stepped back in line for."""
+@contextlib.contextmanager
+def _worker_beside_another(held: int) -> Iterator[tuple[Worker, socket.socket]]:
+    """A worker holding `held` clients, beside another worker that holds none, and a
+    client that has connected to its listener and spoken (not yet accepted)."""
     table = HealthTable()
     member = socket.create_server(("127.0.0.1", 0))  # the kernel completes its handshakes
     table.publish([Endpoint("m", socket.AF_INET, "127.0.0.1", member.getsockname()[1])])
@@ -90,20 +93,28 @@ def _accepts_one_holding(held: int) -> list[int]:
     worker._find_peers()
     worker._resume_accepting()
     worker.session_count = held
-    requeued: list[int] = []
-    requeue = worker.loop.requeue
-    worker.loop.requeue = lambda fd, mask: (requeued.append(fd), requeue(fd, mask))  # type: ignore[method-assign]
     client = socket.create_connection(listener.sock.getsockname(), timeout=5)
     try:
         client.sendall(b"x")
-        worker.loop.run_once(0.5)
-        assert worker.session_count == held + 1
-        return requeued
+        yield worker, client
     finally:
         client.close()
         worker._close_all()
         worker.loop.close()
         member.close()
+
+
+def _accepts_one_holding(held: int) -> list[int]:
+    """A worker holding `held` clients (another worker holds none) accepts one more:
+    the fds it stepped back in line for."""
+    with _worker_beside_another(held) as (worker, _client):
+        requeued: list[int] = []
+        requeue = worker.loop.requeue
+        worker.loop.requeue = (  # type: ignore[method-assign]
+            lambda fd, mask: (requeued.append(fd), requeue(fd, mask)))
+        worker.loop.run_once(0.5)
+        assert worker.session_count == held + 1
+        return requeued
 
 
 def test_a_worker_one_client_ahead_of_another_keeps_its_place_in_the_listeners_line():
@@ -118,35 +129,20 @@ def test_a_worker_two_clients_ahead_of_another_steps_to_the_back_of_the_line():
 
 
 def test_a_listener_the_kernel_cannot_take_back_pauses_accepting_then_is_registered_again():
-    table = HealthTable()
-    member = socket.create_server(("127.0.0.1", 0))  # the kernel completes its handshakes
-    table.publish([Endpoint("m", socket.AF_INET, "127.0.0.1", member.getsockname()[1])])
-    index = table.claim_worker_slot(os.getpid())
-    table.claim_worker_slot(os.getppid())  # another worker, holding no client
-    listener = open_listener(HostPort("127.0.0.1", 0), 0o660, "")
-    listener.slot = table.claim_listener_slot()
-    worker = Worker(index, [listener], table, SETTINGS, os.getppid())
-    worker._find_peers()
-    worker._resume_accepting()
-    worker.session_count = REQUEUE_MARGIN  # it holds that many more than the other: it
-    #                                        requeues after accepting
-    epoll = worker.loop._epoll
-    worker.loop._epoll = _RegisterFailsOnce(epoll, listener.fileno())  # type: ignore[assignment]
-    client = socket.create_connection(listener.sock.getsockname(), timeout=5)
-    try:
-        client.sendall(b"x")
-        worker.loop.run_once(0.5)
-        assert worker.loop._epoll.failed  # type: ignore[attr-defined]
-        assert worker._accepting == Accepting.NO_FDS
-        assert not worker.loop.watching(listener.fileno())
-        deadline = time.monotonic() + ACCEPT_PAUSE + 5
-        while worker._accepting != Accepting.OPEN:
-            assert time.monotonic() < deadline, "accepting never resumed"
-            worker.loop.run_once(0.05)
-        assert worker.loop.watching(listener.fileno())
-    finally:
-        worker.loop._epoll = epoll
-        client.close()
-        worker._close_all()
-        worker.loop.close()
-        member.close()
+    # it holds REQUEUE_MARGIN more than the other: it requeues after accepting
+    with _worker_beside_another(REQUEUE_MARGIN) as (worker, _client):
+        listener_fd = worker.listeners[0].fileno()
+        epoll = worker.loop._epoll
+        worker.loop._epoll = _RegisterFailsOnce(epoll, listener_fd)  # type: ignore[assignment]
+        try:
+            worker.loop.run_once(0.5)
+            assert worker.loop._epoll.failed  # type: ignore[attr-defined]
+            assert worker._accepting == Accepting.NO_FDS
+            assert not worker.loop.watching(listener_fd)
+            deadline = time.monotonic() + ACCEPT_PAUSE + 5
+            while worker._accepting != Accepting.OPEN:
+                assert time.monotonic() < deadline, "accepting never resumed"
+                worker.loop.run_once(0.05)
+            assert worker.loop.watching(listener_fd)
+        finally:
+            worker.loop._epoll = epoll
