@@ -450,8 +450,8 @@ class Worker:
                     self._pause_accepting(exc, "cannot wait on a listener again: pausing accept")
 
     def _ahead_of_another(self, held: int) -> bool:
-        """True when another worker holds REQUEUE_MARGIN clients fewer than the `held`
-        this one had before its latest accepts: then it goes to the back of the
+        """True when another worker holds at least REQUEUE_MARGIN clients fewer than the
+        `held` this one had before its latest accepts: then it goes to the back of the
         listener's line (`Loop.requeue`), so the next client arriving while both wait
         wakes that one. The kernel wakes the first waiter in line, always the same one
         when all are idle: without this, long-lived clients opened one after another
@@ -460,9 +460,9 @@ class Worker:
         when the client's next one arrives (a script's commands, one after another)
         would send every other connection to a sleeping worker, each paying a wake-up
         (churn c=1: 2026-2524 connections/s with a margin of one, 2454-2813 with two).
-        A worker that held no client keeps its place: a short connection that came
-        and went leaves it first in line, warm (its busy polling catches the next
-        one; alternating would wake a sleeping worker for each)."""
+        So a worker that held no client, or one, keeps its place: short connections
+        that come and go leave it first in line, warm (its busy polling catches the
+        next one; alternating would wake a sleeping worker for each)."""
         fewer = held - REQUEUE_MARGIN
         cells = self._cells
         return any(cells[at] <= fewer for at in self._peer_open_at)
