@@ -79,7 +79,7 @@ class _RegisterFailsOnce:
 
 
 @contextlib.contextmanager
-def _worker_beside_another(held: int) -> Iterator[tuple[Worker, socket.socket]]:
+def _worker_beside_another(held: int) -> Iterator[Worker]:
     """A worker holding `held` clients, beside another worker that holds none, and a
     client that has connected to its listener and spoken (not yet accepted)."""
     table = HealthTable()
@@ -96,7 +96,7 @@ def _worker_beside_another(held: int) -> Iterator[tuple[Worker, socket.socket]]:
     client = socket.create_connection(listener.sock.getsockname(), timeout=5)
     try:
         client.sendall(b"x")
-        yield worker, client
+        yield worker
     finally:
         client.close()
         worker._close_all()
@@ -107,7 +107,7 @@ def _worker_beside_another(held: int) -> Iterator[tuple[Worker, socket.socket]]:
 def _accepts_one_holding(held: int) -> list[int]:
     """A worker holding `held` clients (another worker holds none) accepts one more:
     the fds it stepped back in line for."""
-    with _worker_beside_another(held) as (worker, _client):
+    with _worker_beside_another(held) as worker:
         requeued: list[int] = []
         requeue = worker.loop.requeue
         worker.loop.requeue = (  # type: ignore[method-assign]
@@ -130,7 +130,7 @@ def test_a_worker_two_clients_ahead_of_another_steps_to_the_back_of_the_line():
 
 def test_a_listener_the_kernel_cannot_take_back_pauses_accepting_then_is_registered_again():
     # it holds REQUEUE_MARGIN more than the other: it requeues after accepting
-    with _worker_beside_another(REQUEUE_MARGIN) as (worker, _client):
+    with _worker_beside_another(REQUEUE_MARGIN) as worker:
         listener_fd = worker.listeners[0].fileno()
         epoll = worker.loop._epoll
         worker.loop._epoll = _RegisterFailsOnce(epoll, listener_fd)  # type: ignore[assignment]
