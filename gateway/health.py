@@ -193,6 +193,7 @@ N_COUNTERS = 32  # cells per column; room to grow without changing the layout
 C_DIAL_BUCKET0 = 8  # non-cumulative counts of dials that took <= DIAL_BUCKETS[i]
 DIAL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 2.5, 5.0)
+_N_DIAL_BUCKETS = len(DIAL_BUCKETS)
 GATEWAY = MAX_ENDPOINTS  # the column of gateway-wide counters
 # G_OPEN is a gauge (clients a worker holds now: dialling or relayed); G_LIMITED counts
 # the times a worker stopped accepting because --max-connections was reached
@@ -742,14 +743,14 @@ class HealthTable:
         return sum(_U64.unpack_from(self.buf, self.counter_offset(r, column, counter))[0]
                    for r in rows)
 
-    def observe_dial(self, worker: int, slot: int, seconds: float) -> None:
-        """Record one successful dial's duration in the worker's histogram cells."""
+    def observe_dial(self, at: int, seconds: float) -> None:
+        """Record one successful dial's duration in a worker's histogram cells: `at`
+        is the cell index (`cells`) of the column, `cell(worker, slot, 0)`."""
         words = self._words
-        at = (self._ctr_base + worker * _ROW_SIZE + slot * _COLUMN_SIZE) // 8
-        words[at + C_DIAL_MICROS] += max(0, int(seconds * 1e6))
+        words[at + C_DIAL_MICROS] += int(seconds * 1e6)  # a monotonic span: >= 0
         words[at + C_DIAL_COUNT] += 1
         index = bisect.bisect_left(DIAL_BUCKETS, seconds)
-        if index < len(DIAL_BUCKETS):
+        if index < _N_DIAL_BUCKETS:
             words[at + C_DIAL_BUCKET0 + index] += 1
 
     def dial_histogram(self, slot: int, rows: list[int] | None = None

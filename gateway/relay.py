@@ -37,7 +37,7 @@ Invariants (as Go's splice_linux.go and sshuttle's ssnet.py learnt them):
   SO_LINGER 0, so the peer of a reset sees a reset too.
 
 The session never touches the poller: after each event it calls `sync(session)`, and
-the worker registers `client_interest()` / `upstream_interest()` as they changed, with
+the worker registers the two masks of `interest()` where they changed, with
 the session itself as the callback for both fds (`session(fd, mask)`). It holds raw
 file descriptors, not socket objects, so an idle connection costs as little memory as
 it can: a temporary socket object is made only for the rare shutdown or linger.
@@ -354,9 +354,11 @@ class Direction:
     `src`/`dst`, if they speak TLS."""
     __slots__ = ("src", "dst", "chan", "pending", "done", "moved", "rleg", "wleg", "mode",
                  "lowat", "seen", "queued")
+    seen: int      # `moved` at the pool's last low-water check (set by arm_lowat)
+    queued: int    # bytes its source held at that check, if it had read nothing
 
-    def __init__(self, src: int, dst: int, rleg: "TlsLeg | None" = None,
-                 wleg: "TlsLeg | None" = None):
+    def __init__(self, src: int, dst: int, rleg: "TlsLeg | None", wleg: "TlsLeg | None",
+                 mode: Mode):
         self.src = src
         self.dst = dst
         self.rleg = rleg
@@ -365,10 +367,9 @@ class Direction:
         self.pending = 0
         self.done = False
         self.moved = 0
-        self.mode = Mode.SMALL if rleg is None and wleg is None else Mode.TLS
+        self.mode = mode
         self.lowat = False  # its source's SO_RCVLOWAT is BULK_LOWAT (ChannelPool.arm_lowat)
-        self.seen = 0       # `moved` at the pool's last low-water check
-        self.queued = -1    # bytes its source held at that check, if it had read nothing
+        # `seen` and `queued` are set by arm_lowat, and read only while armed
 
 
 class End(enum.Enum):
@@ -383,7 +384,10 @@ class End(enum.Enum):
 
     @property
     def hard(self) -> bool:
-        return self in (End.RESET, End.FAILED)
+        return self in _HARD_ENDS
+
+
+_HARD_ENDS = frozenset((End.RESET, End.FAILED))
 
 
 class Session:
@@ -394,39 +398,40 @@ class Session:
     __slots__ = ("client", "upstream", "up", "down", "pool", "sync", "ended", "why",
                  "cmask", "umask", "slot", "started", "flushed_up", "flushed_down", "peer",
                  "quiet_since", "ctls", "utls")
+    why: str                  # the detail of how it ended: set with `ended` (`end`)
+    peer: tuple | str | None  # the client's address and the monotonic second it
+    started: float            # began: set by the worker only when it logs at debug level
 
     def __init__(self, client: int, upstream: int, pool: ChannelPool,
                  sync: Callable[["Session"], None], ctls: "TlsLeg | None" = None,
-                 utls: "TlsLeg | None" = None):
+                 utls: "TlsLeg | None" = None, slot: int = -1, umask: int = 0):
         self.client = client
         self.upstream = upstream
         self.ctls = ctls       # the client leg when the gateway terminates TLS
         self.utls = utls       # the member leg when the gateway originates TLS
-        self.up = Direction(client, upstream, ctls, utls)
-        self.down = Direction(upstream, client, utls, ctls)
+        mode = Mode.SMALL if ctls is None and utls is None else Mode.TLS
+        self.up = Direction(client, upstream, ctls, utls, mode)
+        self.down = Direction(upstream, client, utls, ctls, mode)
         self.pool = pool
         self.sync = sync
         self.ended: End | None = None  # how the session ended; None while it relays
-        self.why = ""          # the detail of how (an error, the idle limit)
         self.cmask = 0         # interest registered for the client (worker-owned)
-        self.umask = 0         # interest registered for the upstream (worker-owned)
-        self.slot = -1         # the member's slot in the health table (worker-owned)
-        self.started = 0.0
-        self.peer: tuple | str | None = None  # the client's address, kept for debug logs only
+        self.umask = umask     # interest registered for the upstream (worker-owned)
+        self.slot = slot       # the member's slot in the health table (worker-owned)
         self.flushed_up = 0    # bytes already added to the shared counters
         self.flushed_down = 0
         self.quiet_since = 0.0  # monotonic second a quiet period began (worker-owned)
 
     # -- interest ------------------------------------------------------------------
-    def client_interest(self) -> int:
+    def interest(self) -> tuple[int, int]:
+        """(the client's, the upstream's) interest now: READ a source while its
+        direction is open with nothing in flight, WRITE a destination while bytes
+        wait for it."""
         up, down = self.up, self.down
-        return ((READ if not up.done and not up.pending else 0)
-                | (WRITE if down.pending else 0))
-
-    def upstream_interest(self) -> int:
-        up, down = self.up, self.down
-        return ((READ if not down.done and not down.pending else 0)
-                | (WRITE if up.pending else 0))
+        return (((READ if not up.done and not up.pending else 0)
+                 | (WRITE if down.pending else 0)),
+                ((READ if not down.done and not down.pending else 0)
+                 | (WRITE if up.pending else 0)))
 
     @property
     def finished(self) -> bool:
@@ -452,11 +457,8 @@ class Session:
         """The member is connected: pass on what the client has already sent (it
         usually has spoken: this saves a wake-up), then register what the session
         wants."""
-        if self.up.mode is not Mode.BULK:
-            self._relay_small(self.up)
-            self._settle()
-        else:
-            self._event(READ, self.up, self.down)
+        self._relay_small(self.up)  # a new direction is SMALL (or TLS), never BULK
+        self._settle()
 
     def _relay_small(self, d: Direction) -> bool:
         """READ on a SMALL or TLS direction with nothing in flight: one read into the
@@ -525,7 +527,7 @@ class Session:
     def _settle(self) -> None:
         """After an event: end the session if both directions are done, and have the
         worker register what it now wants (or finish it)."""
-        if self.finished:
+        if self.up.done and self.down.done:
             self.end(End.CLOSED)
         self.sync(self)
 
@@ -597,7 +599,8 @@ class Session:
         hold bytes), both sockets closed; hard (SO_LINGER 0) when a reset ended it, so
         the peer of a reset sees a reset; otherwise with a FIN.
         Idempotent. The worker unregisters the sockets before calling this."""
-        for d in (self.up, self.down):
+        up, down = self.up, self.down
+        for d in (up, down):
             if d.chan is not None:
                 if d.pending:
                     self.pool.discard(d.chan)
@@ -605,16 +608,22 @@ class Session:
                     self.pool.put(d.chan)
                 d.chan = None
             d.done = True
-        self.end(End.GATEWAY)
-        hard = self.ended is not None and self.ended.hard
-        for fd, leg in ((self.client, self.ctls), (self.upstream, self.utls)):
-            if leg is not None:
-                leg.close(hard)
-            elif fd >= 0:
-                close_fd(fd, hard)
+        if self.ended is None:
+            self.ended, self.why = End.GATEWAY, ""
+        hard = self.ended in _HARD_ENDS
+        ctls, utls = self.ctls, self.utls
+        if ctls is not None or utls is not None:
+            for fd, leg in ((self.client, ctls), (self.upstream, utls)):
+                if leg is not None:
+                    leg.close(hard)
+                elif fd >= 0:
+                    close_fd(fd, hard)
+            self.ctls = self.utls = None
+            up.rleg = up.wleg = down.rleg = down.wleg = None
+        elif self.client >= 0:
+            close_fd(self.client, hard)
+            close_fd(self.upstream, hard)
         self.client = self.upstream = -1
-        self.ctls = self.utls = None
-        self.up.rleg = self.up.wleg = self.down.rleg = self.down.wleg = None
 
     def end(self, how: End, why: str = "") -> None:
         """Record how the session ended; the first end recorded is the one kept."""

@@ -139,30 +139,29 @@ class DialPhase(enum.Enum):
 
 class Dial:
     """One client (its fd) on its way to a member: its phase, the candidates left and
-    the attempt under way; `ctls`/`utls` are its TLS legs once they exist."""
-    __slots__ = ("client", "peer", "candidates", "next", "sock", "entry", "timer",
-                 "started", "phase", "ctls", "utls", "cmask", "umask", "protocol",
-                 "deadline", "busy", "rounds", "sniff_wait")
+    the attempt under way; `ctls`/`utls` are its TLS legs once they exist. It lives
+    only while the client waits for a member, so its fields start as class
+    defaults: a dial that connects at once sets only what it uses."""
+    candidates: list[RosterEntry]   # set by _start_dial before any attempt
+    next = 0
+    sock: _socket.socket | None = None
+    entry: RosterEntry | None = None
+    timer: Timer | None = None
+    started = 0.0
+    ctls: TlsLeg | None = None
+    utls: TlsLeg | None = None
+    cmask = 0          # the client fd's registration while in a client phase
+    umask = 0          # the member socket's registration while dialling
+    protocol = gwtls.HTTP11  # the ALPN the member leg offers (originating)
+    deadline = 0.0     # monotonic: no new round of dials after this
+    busy = False       # a connect of this round timed out (rather than refused)
+    sniff_wait = 0.0   # seconds until the next look at a partial first word
+    rounds = 0
 
     def __init__(self, client: int, peer: tuple | str, phase: DialPhase):
         self.client = client
         self.peer = peer
         self.phase = phase
-        self.candidates: list[RosterEntry] = []
-        self.next = 0
-        self.sock: _socket.socket | None = None
-        self.entry: RosterEntry | None = None
-        self.timer: Timer | None = None
-        self.started = 0.0
-        self.ctls: TlsLeg | None = None
-        self.utls: TlsLeg | None = None
-        self.cmask = 0          # the client fd's registration while in a client phase
-        self.umask = 0          # the member socket's registration while dialling
-        self.protocol = gwtls.HTTP11  # the ALPN the member leg offers (originating)
-        self.deadline = 0.0     # monotonic: no new round of dials after this
-        self.busy = False       # a connect of this round timed out (rather than refused)
-        self.sniff_wait = 0.0   # seconds until the next look at a partial first word
-        self.rounds = 0
 
 
 class Worker:
@@ -292,7 +291,8 @@ class Worker:
         idle_limit = self.settings.idle_timeout
         now = time.monotonic()
         for session in self._live_sessions():
-            moved = self._flush_bytes(session)
+            moved = self._flush_bytes(session, self._cells,
+                                      self._row + session.slot * N_COUNTERS)
             if idle_limit:
                 self._close_if_idle(session, moved, now, idle_limit)
         if self.table.tls_generation != self._tls_gen:
@@ -406,9 +406,10 @@ class Worker:
     def _client_gone(self) -> None:
         """A client of ours was closed: publish the count, maybe accept again."""
         self._cells[self._open_at] = self._open_count()
-        if self._accepting == Accepting.FULL:
+        if self._accepting is Accepting.FULL:
             self._resume_accepting()
-        self._stop_if_drained()
+        if self.state is State.DRAINING:
+            self._stop_if_drained()
 
     def _on_acceptable(self, fd: int, mask: int) -> None:
         # _accept() is socket.accept() without the socket object: the session keeps
@@ -433,7 +434,7 @@ class Worker:
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, _ONE)
             self._admit(client, door.label if unix else addr)
-            if self.state != State.SERVING or self._accepting != Accepting.OPEN:
+            if self.state is not State.SERVING or self._accepting is not Accepting.OPEN:
                 break
             if limit and others + self._open_count() >= limit:
                 self._limit_reached()
@@ -522,6 +523,8 @@ class Worker:
 
     def _candidates(self, view: View) -> list[RosterEntry]:
         """The view's candidates in the order its policies choose for one dial."""
+        if view.balance is Balance.ROUND_ROBIN and view.order is Order.ROUND_ROBIN:
+            return picker.rotate(view.healthy, view.down, self.table.next_rr())
         table, roster, up = self.table, view.entries, view.up
         if view.balance == Balance.LEAST_CONNECTIONS:
             load = table.relayed_per_endpoint(self.index, [e.slot for e in roster])
@@ -915,16 +918,14 @@ class Worker:
             dial.timer.cancel()
             dial.timer = None
         self.dials.discard(dial)
-        self._undial(entry)
-        table = self.table
         slot = entry.slot
+        self._dialling[slot] -= 1  # _undial
+        table = self.table
         if not table.is_up(slot) and table.mark_up(slot):
             logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
         upstream = sock.fileno() if dial.utls is not None else sock.detach()
         session = Session(dial.client, upstream, self.pool, self._sync_session,
-                          ctls=dial.ctls, utls=dial.utls)
-        session.slot = slot
-        session.umask = registered
+                          dial.ctls, dial.utls, slot, registered)
         if self._debug:
             session.peer, session.started = dial.peer, dial.started
         cells, at = self._cells, self._row + slot * N_COUNTERS
@@ -933,12 +934,12 @@ class Worker:
         now = time.monotonic()
         # alive: timed-out dials started before it are void
         table.note_dial_ok(slot, now, self._suspect_after)
-        table.observe_dial(self.index, slot, now - dial.started)
+        table.observe_dial(at, now - dial.started)
         self.session_count += 1
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
             # (the session's first event sets the interest it wants)
-            self.loop.rebind(session.upstream, session)
+            self.loop.rebind(upstream, session)
         session.begin()
 
     # -- sessions --------------------------------------------------------------------
@@ -947,11 +948,13 @@ class Worker:
         if session.ended:
             self._finish(session)
             return
-        loop = self.loop
-        session.cmask = loop.set_interest(session.client, session.cmask,
-                                     session.client_interest(), session)
-        session.umask = loop.set_interest(session.upstream, session.umask,
-                                     session.upstream_interest(), session)
+        cwant, uwant = session.interest()
+        if cwant != session.cmask:
+            session.cmask = self.loop.set_interest(session.client, session.cmask, cwant,
+                                                   session)
+        if uwant != session.umask:
+            session.umask = self.loop.set_interest(session.upstream, session.umask, uwant,
+                                                   session)
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: close both sockets (which removes them from epoll:
@@ -966,16 +969,15 @@ class Worker:
             loop.forget(session.upstream)
             session.umask = 0
         self.session_count -= 1
-        self._flush_bytes(session)
-        up, down = session.up.moved, session.down.moved
+        cells, at = self._cells, self._row + session.slot * N_COUNTERS
+        self._flush_bytes(session, cells, at)
         session.close()
-        cells, active = self._cells, self._row + session.slot * N_COUNTERS + C_ACTIVE
-        if cells[active]:  # a gauge: never below zero (health.py `add_at`)
-            cells[active] -= 1
+        if cells[at + C_ACTIVE]:  # a gauge: never below zero (health.py `add_at`)
+            cells[at + C_ACTIVE] -= 1
         if self._debug:
             logger.debug("connection closed", extra=gwlog.fields(
                 client=_address(session.peer), endpoint=self._address_of(session.slot),
-                sent_bytes=up, received_bytes=down,
+                sent_bytes=session.up.moved, received_bytes=session.down.moved,
                 duration=round(time.monotonic() - session.started, 6), end=session.end_text))
         self._client_gone()
 
@@ -988,10 +990,10 @@ class Worker:
                 seen[id(callback)] = callback
         return list(seen.values())
 
-    def _flush_bytes(self, session: Session) -> bool:
-        """Add the bytes moved since the last flush to the shared counters; True if
-        any moved."""
-        cells, at = self._cells, self._row + session.slot * N_COUNTERS
+    @staticmethod
+    def _flush_bytes(session: Session, cells: memoryview, at: int) -> bool:
+        """Add the bytes moved since the last flush to the shared counters (`at`: the
+        session's member column in this worker's row of `cells`); True if any moved."""
         up = session.up.moved - session.flushed_up
         if up:
             cells[at + C_BYTES_SENT] += up

@@ -129,7 +129,7 @@ def test_dial_histogram_is_cumulative_with_sum_and_count():
     slot = table.publish([ep(1)])[0].slot
     w = table.claim_worker_slot(1)
     for seconds in (0.0002, 0.003, 0.003, 0.7, 9.0):
-        table.observe_dial(w, slot, seconds)
+        table.observe_dial(table.cell(w, slot, 0), seconds)
     buckets, total, count = table.dial_histogram(slot)
     assert count == 5
     assert abs(total - 9.7062) < 1e-3
