@@ -178,6 +178,24 @@ def version(argv):
         return "?"
 
 
+# the gateway's interpreter, timed: its speed moves every per-connection figure (a
+# build without PGO/LTO, or as a shared library, runs Python calls at about half the
+# speed of a distribution's optimized build on the same machine)
+_CALL_PROBE = ("import sys, timeit\n"
+               "t = min(timeit.repeat('f(1, 2)', 'def f(a, b): return a', number=200000, repeat=5))\n"
+               "print(sys.version.split()[0], round(t / 200000 * 1e9, 1))")
+
+
+def interpreter(python):
+    """(path behind any venv link, version, ns per Python function call) of `python`."""
+    try:
+        out = subprocess.run([python, "-c", _CALL_PROBE], capture_output=True, text=True,
+                             timeout=60).stdout.split()
+        return {"path": os.path.realpath(python), "version": out[0], "ns_per_call": float(out[1])}
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return {"path": os.path.realpath(python), "version": "?", "ns_per_call": None}
+
+
 def git_rev():
     try:
         rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -239,6 +257,7 @@ def main(argv=None):
     started = datetime.datetime.now().isoformat(timespec="seconds")
     t_start = time.monotonic()
     peers = {name: make_peer(name, ctx) for name in args.peers}
+    gateway_python = interpreter(peers[OURS].python) if OURS in peers else None
     samples = {name: {} for name in args.peers}
     failed = {name: set() for name in args.peers}
     start_fail_streak = {name: 0 for name in args.peers}
@@ -322,7 +341,7 @@ def main(argv=None):
         "started": started,
         "elapsed_s": round(elapsed, 1),
         "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-                 "machine": platform.machine()},
+                 "machine": platform.machine(), "gateway_python": gateway_python},
         "versions": {"etcd": version([ctx.etcd_bin, "--version"]), "haproxy": version([ctx.haproxy_bin, "-v"]),
                      "iperf3": version([ctx.iperf3_bin, "--version"]), "gcc": version(["gcc", "--version"]),
                      "etcd-gatewayd": git_rev()},
@@ -357,7 +376,9 @@ def main(argv=None):
     out.append(f"{os.cpu_count()} CPUs, Linux {platform.release()}; {args.rounds} round(s), peers interleaved "
                f"(order rotated each round); cells: median (min–max) over rounds; "
                f"{info['versions']['etcd']}, {info['versions']['haproxy'].split(' - ')[0]}, "
-               f"{info['versions']['iperf3']}; etcd-gatewayd at {info['versions']['etcd-gatewayd']}.")
+               f"{info['versions']['iperf3']}; etcd-gatewayd at {info['versions']['etcd-gatewayd']}"
+               + (f" on Python {gateway_python['version']} ({gateway_python['path']}: "
+                  f"{gateway_python['ns_per_call']} ns per function call)." if gateway_python else "."))
     out.append("")
     out.append(table)
     out.append("")
