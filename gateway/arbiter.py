@@ -297,12 +297,17 @@ class Arbiter:
                            resolution_failures=dict(self.resolution_failures))
 
     def _set_load_policy(self, config: gwconfig.Config) -> None:
+        """Publish the limit and the balance policy, with fresh load aggregates: a
+        policy that starts reading them now (a reload) must not read old ones."""
         self.table.set_load_policy(config.max_connections, _BALANCES[config.balance])
+        self.table.refresh_load()
 
     def _refresh_load(self) -> None:
         """The load aggregates the workers read per accept (health.py), every
-        LOAD_REFRESH, for the master's whole life."""
-        self.table.refresh_load()
+        LOAD_REFRESH while a policy reads them (`load_needed`); the timer runs for
+        the master's whole life."""
+        if self.table.load_needed():
+            self.table.refresh_load()
         self.loop.call_later(LOAD_REFRESH, self._refresh_load)
 
     def _worker_settings(self) -> WorkerSettings:
