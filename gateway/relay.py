@@ -384,10 +384,16 @@ class End(enum.Enum):
 
     @property
     def hard(self) -> bool:
-        return self in _HARD_ENDS
+        return self is _RESET or self is _FAILED
 
 
-_HARD_ENDS = frozenset((End.RESET, End.FAILED))
+# The members that the per-event and per-connection paths name, as module constants:
+# on Python 3.11 reading a member through its class costs about 180 ns (EnumType's
+# __getattr__ sends every attribute read of an enum class through a slow hook; 3.12
+# dropped it), a module constant about 10 ns; and a set of members would hash each
+# with a Python-level __hash__. Comparisons stay by identity.
+_SMALL, _BULK, _TLS = Mode.SMALL, Mode.BULK, Mode.TLS
+_CLOSED, _RESET, _FAILED, _GATEWAY = End.CLOSED, End.RESET, End.FAILED, End.GATEWAY
 
 
 class Session:
@@ -409,7 +415,7 @@ class Session:
         self.upstream = upstream
         self.ctls = ctls       # the client leg when the gateway terminates TLS
         self.utls = utls       # the member leg when the gateway originates TLS
-        mode = Mode.SMALL if ctls is None and utls is None else Mode.TLS
+        mode = _SMALL if ctls is None and utls is None else _TLS
         self.up = Direction(client, upstream, ctls, utls, mode)
         self.down = Direction(upstream, client, utls, ctls, mode)
         self.pool = pool
@@ -444,7 +450,7 @@ class Session:
             outgoing, incoming = self.up, self.down
         else:
             outgoing, incoming = self.down, self.up
-        if (mask & READ and outgoing.chan is None and outgoing.mode is not Mode.BULK
+        if (mask & READ and outgoing.chan is None and outgoing.mode is not _BULK
                 and not outgoing.done and (mask == READ or not incoming.pending)):
             # the common event of etcd's traffic: a small message to pass on; or an
             # EOF or an error (a hang-up comes as READ|WRITE) with nothing to write
@@ -475,7 +481,7 @@ class Session:
         except BlockingIOError:
             return True
         except OSError as exc:
-            self.end(End.RESET, exc.strerror or str(exc))
+            self.end(_RESET, exc.strerror or str(exc))
             return False
         try:
             if n == 0:
@@ -501,12 +507,12 @@ class Session:
                 chan.start = 0
                 d.pending = n - written
             if n == scratch.size or held:
-                if d.mode is Mode.SMALL:
-                    d.mode = Mode.BULK  # a read filled a whole buffer: splice from now on
+                if d.mode is _SMALL:
+                    d.mode = _BULK  # a read filled a whole buffer: splice from now on
                 if not d.pending:
                     self._pump(d)  # read on (or meet the held error) on the usual path
         except OSError as exc:
-            self.end(End.RESET, exc.strerror or str(exc))
+            self.end(_RESET, exc.strerror or str(exc))
         return False
 
     def _event(self, mask: int, outgoing: Direction, incoming: Direction) -> None:
@@ -521,21 +527,21 @@ class Session:
             if mask & READ and not outgoing.done and not outgoing.pending:
                 self._pump(outgoing)
         except OSError as exc:
-            self.end(End.RESET, exc.strerror or str(exc))
+            self.end(_RESET, exc.strerror or str(exc))
         self._settle()
 
     def _settle(self) -> None:
         """After an event: end the session if both directions are done, and have the
         worker register what it now wants (or finish it)."""
         if self.up.done and self.down.done:
-            self.end(End.CLOSED)
+            self.end(_CLOSED)
         self.sync(self)
 
     def _pump(self, d: Direction) -> None:
         chan = d.chan
         rleg = d.rleg
         if chan is None:
-            if d.mode is Mode.BULK:
+            if d.mode is _BULK:
                 chan = d.chan = self.pool.get()
             else:
                 chan = d.chan = self.pool.get_buffer()
@@ -557,8 +563,8 @@ class Session:
                 return  # destination full: keep the channel, wait for WRITE
             if n < size and (rleg is None or not rleg.failed):
                 break  # a short read emptied the socket: epoll says when there is more
-            if d.mode is Mode.SMALL:
-                d.mode = Mode.BULK  # it filled a copy buffer: a bulk direction, splice it
+            if d.mode is _SMALL:
+                d.mode = _BULK  # it filled a copy buffer: a bulk direction, splice it
                 self.pool.put(chan)
                 chan = d.chan = self.pool.get()
                 size = chan.size
@@ -609,8 +615,8 @@ class Session:
                 d.chan = None
             d.done = True
         if self.ended is None:
-            self.ended, self.why = End.GATEWAY, ""
-        hard = self.ended in _HARD_ENDS
+            self.ended, self.why = _GATEWAY, ""
+        hard = self.ended.hard
         ctls, utls = self.ctls, self.utls
         if ctls is not None or utls is not None:
             for fd, leg in ((self.client, ctls), (self.upstream, utls)):

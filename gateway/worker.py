@@ -137,6 +137,15 @@ class DialPhase(enum.Enum):
     MEMBER_HANDSHAKE = "member-handshake"
 
 
+# the members the per-connection paths name, as module constants (see relay.py: a
+# member read through its enum class costs about 180 ns on Python 3.11)
+_SERVING, _DRAINING, _STOPPED = State.SERVING, State.DRAINING, State.STOPPED
+_OPEN, _FULL = Accepting.OPEN, Accepting.FULL
+_CONNECTING, _MEMBER_HANDSHAKE = DialPhase.CONNECTING, DialPhase.MEMBER_HANDSHAKE
+_UNIX = Kind.UNIX
+_ROUND_ROBIN_BALANCE, _ROUND_ROBIN_ORDER = Balance.ROUND_ROBIN, Order.ROUND_ROBIN
+
+
 class Dial:
     """One client (its fd) on its way to a member: its phase, the candidates left and
     the attempt under way; `ctls`/`utls` are its TLS legs once they exist. It lives
@@ -243,7 +252,7 @@ class Worker:
         self.loop.call_later(TICK, self._tick)
         logger.debug("worker started", extra=gwlog.fields(worker=self.index,
                                                            splice=self.use_splice))
-        while self.state != State.STOPPED:
+        while self.state is not _STOPPED:
             self.loop.run_once(TICK)
         self._close_all()
         self._flush_spin()
@@ -406,16 +415,16 @@ class Worker:
     def _client_gone(self) -> None:
         """A client of ours was closed: publish the count, maybe accept again."""
         self._cells[self._open_at] = self._open_count()
-        if self._accepting is Accepting.FULL:
+        if self._accepting is _FULL:
             self._resume_accepting()
-        if self.state is State.DRAINING:
+        if self.state is _DRAINING:
             self._stop_if_drained()
 
     def _on_acceptable(self, fd: int, mask: int) -> None:
         # _accept() is socket.accept() without the socket object: the session keeps
         # raw fds (see relay.py), so building one per client would only be thrown away
         door, accepted_at, denied_at, allow = self._doors[fd]
-        unix = door.kind == Kind.UNIX
+        unix = door.kind is _UNIX
         accepted = 0
         held = self._open_count()  # before this batch (see _ahead_of_another)
         # --max-connections: the other workers' clients as of the master's last refresh
@@ -434,7 +443,7 @@ class Worker:
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, _ONE)
             self._admit(client, door.label if unix else addr)
-            if self.state is not State.SERVING or self._accepting is not Accepting.OPEN:
+            if self.state is not _SERVING or self._accepting is not _OPEN:
                 break
             if limit and others + self._open_count() >= limit:
                 self._limit_reached()
@@ -523,7 +532,7 @@ class Worker:
 
     def _candidates(self, view: View) -> list[RosterEntry]:
         """The view's candidates in the order its policies choose for one dial."""
-        if view.balance is Balance.ROUND_ROBIN and view.order is Order.ROUND_ROBIN:
+        if view.balance is _ROUND_ROBIN_BALANCE and view.order is _ROUND_ROBIN_ORDER:
             return picker.rotate(view.healthy, view.down, self.table.next_rr())
         table, roster, up = self.table, view.entries, view.up
         if view.balance == Balance.LEAST_CONNECTIONS:
@@ -558,7 +567,7 @@ class Worker:
             self._client_hello_timer(dial)
             self._watch_client(dial, READ)
         else:
-            dial = Dial(client, addr, DialPhase.CONNECTING)
+            dial = Dial(client, addr, _CONNECTING)
             self.dials.add(dial)
             self._start_dial(dial)
 
@@ -725,7 +734,7 @@ class Worker:
             dial.next += 1
             ep = entry.endpoint
             dial.started = time.monotonic()
-            dial.phase = DialPhase.CONNECTING
+            dial.phase = _CONNECTING
             try:
                 sock, connected = dial_tcp.start(ep, self._dial_options)
             except dial_tcp.DialError as exc:
@@ -768,7 +777,7 @@ class Worker:
     def _on_dial_ready(self, dial: Dial, fd: int, mask: int) -> None:
         sock, entry = dial.sock, dial.entry
         assert sock is not None and entry is not None
-        if dial.phase == DialPhase.MEMBER_HANDSHAKE:
+        if dial.phase is _MEMBER_HANDSHAKE:
             self._member_handshake_step(dial)
             return
         error = dial_tcp.outcome(sock, entry.endpoint.address)
