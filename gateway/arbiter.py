@@ -297,10 +297,11 @@ class Arbiter:
                            resolution_failures=dict(self.resolution_failures))
 
     def _set_load_policy(self, config: gwconfig.Config) -> None:
-        """Publish the limit and the balance policy, with fresh load aggregates: a
-        policy that starts reading them now (a reload) must not read old ones."""
-        self.table.set_load_policy(config.max_connections, _BALANCES[config.balance])
+        """Publish the limit and the balance policy, the load aggregates refreshed
+        first: a policy that starts reading them now (a reload) must not read old
+        ones, not even between the two writes."""
         self.table.refresh_load()
+        self.table.set_load_policy(config.max_connections, _BALANCES[config.balance])
 
     def _refresh_load(self) -> None:
         """The load aggregates the workers read per accept (health.py), every
