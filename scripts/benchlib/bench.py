@@ -180,10 +180,11 @@ def version(argv):
 
 # the gateway's interpreter, timed: its speed moves every per-connection figure (a
 # build without PGO/LTO, or as a shared library, runs Python calls at about half the
-# speed of a distribution's optimized build on the same machine)
+# speed of a distribution's optimized build on the same machine); the fastest of 20
+# short samples, as a burst of steal or of another process inflates the others
 _CALL_PROBE = ("import sys, timeit\n"
-               "t = min(timeit.repeat('f(1, 2)', 'def f(a, b): return a', number=200000, repeat=5))\n"
-               "print(sys.version.split()[0], round(t / 200000 * 1e9, 1))")
+               "t = min(timeit.repeat('f(1, 2)', 'def f(a, b): return a', number=50000, repeat=20))\n"
+               "print(sys.version.split()[0], round(t / 50000 * 1e9, 1))")
 
 
 def interpreter(python):
