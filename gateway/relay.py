@@ -533,7 +533,7 @@ class Session:
     def _settle(self) -> None:
         """After an event: end the session if both directions are done, and have the
         worker register what it now wants (or finish it)."""
-        if self.up.done and self.down.done:
+        if self.finished:
             self.end(_CLOSED)
         self.sync(self)
 
@@ -605,8 +605,7 @@ class Session:
         hold bytes), both sockets closed; hard (SO_LINGER 0) when a reset ended it, so
         the peer of a reset sees a reset; otherwise with a FIN.
         Idempotent. The worker unregisters the sockets before calling this."""
-        up, down = self.up, self.down
-        for d in (up, down):
+        for d in (self.up, self.down):
             if d.chan is not None:
                 if d.pending:
                     self.pool.discard(d.chan)
@@ -614,22 +613,16 @@ class Session:
                     self.pool.put(d.chan)
                 d.chan = None
             d.done = True
-        if self.ended is None:
-            self.ended, self.why = _GATEWAY, ""
-        hard = self.ended.hard
-        ctls, utls = self.ctls, self.utls
-        if ctls is not None or utls is not None:
-            for fd, leg in ((self.client, ctls), (self.upstream, utls)):
-                if leg is not None:
-                    leg.close(hard)
-                elif fd >= 0:
-                    close_fd(fd, hard)
-            self.ctls = self.utls = None
-            up.rleg = up.wleg = down.rleg = down.wleg = None
-        elif self.client >= 0:
-            close_fd(self.client, hard)
-            close_fd(self.upstream, hard)
+        self.end(_GATEWAY)
+        hard = self.ended is not None and self.ended.hard
+        for fd, leg in ((self.client, self.ctls), (self.upstream, self.utls)):
+            if leg is not None:
+                leg.close(hard)
+            elif fd >= 0:
+                close_fd(fd, hard)
         self.client = self.upstream = -1
+        self.ctls = self.utls = None
+        self.up.rleg = self.up.wleg = self.down.rleg = self.down.wleg = None
 
     def end(self, how: End, why: str = "") -> None:
         """Record how the session ended; the first end recorded is the one kept."""

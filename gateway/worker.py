@@ -143,7 +143,7 @@ _SERVING, _DRAINING, _STOPPED = State.SERVING, State.DRAINING, State.STOPPED
 _OPEN, _FULL = Accepting.OPEN, Accepting.FULL
 _CONNECTING, _MEMBER_HANDSHAKE = DialPhase.CONNECTING, DialPhase.MEMBER_HANDSHAKE
 _UNIX = Kind.UNIX
-_ROUND_ROBIN_BALANCE, _ROUND_ROBIN_ORDER = Balance.ROUND_ROBIN, Order.ROUND_ROBIN
+_LEAST_CONNECTIONS, _RFC2782 = Balance.LEAST_CONNECTIONS, Order.RFC2782
 
 
 class Dial:
@@ -300,8 +300,7 @@ class Worker:
         idle_limit = self.settings.idle_timeout
         now = time.monotonic()
         for session in self._live_sessions():
-            moved = self._flush_bytes(session, self._cells,
-                                      self._row + session.slot * N_COUNTERS)
+            moved = self._flush_bytes(session)
             if idle_limit:
                 self._close_if_idle(session, moved, now, idle_limit)
         if self.table.tls_generation != self._tls_gen:
@@ -345,7 +344,7 @@ class Worker:
         self._stop_if_drained()
 
     def _stop_if_drained(self) -> None:
-        if self.state == State.DRAINING and not self.session_count and not self.dials:
+        if self.state is _DRAINING and not self.session_count and not self.dials:
             self.state = State.STOPPED
 
     def _close_all(self) -> None:
@@ -417,8 +416,7 @@ class Worker:
         self._cells[self._open_at] = self._open_count()
         if self._accepting is _FULL:
             self._resume_accepting()
-        if self.state is _DRAINING:
-            self._stop_if_drained()
+        self._stop_if_drained()
 
     def _on_acceptable(self, fd: int, mask: int) -> None:
         # _accept() is socket.accept() without the socket object: the session keeps
@@ -532,19 +530,18 @@ class Worker:
 
     def _candidates(self, view: View) -> list[RosterEntry]:
         """The view's candidates in the order its policies choose for one dial."""
-        if view.balance is _ROUND_ROBIN_BALANCE and view.order is _ROUND_ROBIN_ORDER:
-            return picker.rotate(view.healthy, view.down, self.table.next_rr())
-        table, roster, up = self.table, view.entries, view.up
-        if view.balance == Balance.LEAST_CONNECTIONS:
+        table = self.table
+        if view.balance is _LEAST_CONNECTIONS:
+            roster, up = view.entries, view.up
             load = table.relayed_per_endpoint(self.index, [e.slot for e in roster])
             dialling = self._dialling
             load = [n + dialling[e.slot] for n, e in zip(load, roster)]
-            if view.order == Order.RFC2782:
+            if view.order is _RFC2782:
                 return picker.least_connections(roster, up, load, table.next_rr(),
                                                 _priority, _weight)
             return picker.least_connections(roster, up, load, table.next_rr())
-        if view.order == Order.RFC2782:
-            return picker.rfc2782(roster, up, _priority, _weight, random.random)
+        if view.order is _RFC2782:
+            return picker.rfc2782(view.entries, view.up, _priority, _weight, random.random)
         return picker.rotate(view.healthy, view.down, table.next_rr())
 
     # -- the client's phases before any dial: TLS handshake, first bytes ------------
@@ -928,7 +925,7 @@ class Worker:
             dial.timer = None
         self.dials.discard(dial)
         slot = entry.slot
-        self._dialling[slot] -= 1  # _undial
+        self._undial(entry)
         table = self.table
         if not table.is_up(slot) and table.mark_up(slot):
             logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
@@ -957,13 +954,10 @@ class Worker:
         if session.ended:
             self._finish(session)
             return
+        loop = self.loop
         cwant, uwant = session.interest()
-        if cwant != session.cmask:
-            session.cmask = self.loop.set_interest(session.client, session.cmask, cwant,
-                                                   session)
-        if uwant != session.umask:
-            session.umask = self.loop.set_interest(session.upstream, session.umask, uwant,
-                                                   session)
+        session.cmask = loop.set_interest(session.client, session.cmask, cwant, session)
+        session.umask = loop.set_interest(session.upstream, session.umask, uwant, session)
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: close both sockets (which removes them from epoll:
@@ -978,11 +972,11 @@ class Worker:
             loop.forget(session.upstream)
             session.umask = 0
         self.session_count -= 1
-        cells, at = self._cells, self._row + session.slot * N_COUNTERS
-        self._flush_bytes(session, cells, at)
+        self._flush_bytes(session)
         session.close()
-        if cells[at + C_ACTIVE]:  # a gauge: never below zero (health.py `add_at`)
-            cells[at + C_ACTIVE] -= 1
+        cells, active = self._cells, self._row + session.slot * N_COUNTERS + C_ACTIVE
+        if cells[active]:  # a gauge: never below zero (health.py `add_at`)
+            cells[active] -= 1
         if self._debug:
             logger.debug("connection closed", extra=gwlog.fields(
                 client=_address(session.peer), endpoint=self._address_of(session.slot),
@@ -999,10 +993,10 @@ class Worker:
                 seen[id(callback)] = callback
         return list(seen.values())
 
-    @staticmethod
-    def _flush_bytes(session: Session, cells: memoryview, at: int) -> bool:
-        """Add the bytes moved since the last flush to the shared counters (`at`: the
-        session's member column in this worker's row of `cells`); True if any moved."""
+    def _flush_bytes(self, session: Session) -> bool:
+        """Add the bytes moved since the last flush to the shared counters; True if
+        any moved."""
+        cells, at = self._cells, self._row + session.slot * N_COUNTERS
         up = session.up.moved - session.flushed_up
         if up:
             cells[at + C_BYTES_SENT] += up
