@@ -10,6 +10,10 @@ an idle connection costs two dict entries instead of two SelectorKey tuples and 
 bound methods (about 0.3 KiB less per connection), and each ready event is one dict
 lookup instead of a key object and a result tuple. EPOLLERR/EPOLLHUP are reported as
 READ|WRITE, as selectors does, so errors are learnt from the next read or write.
+An event goes to the registration it was reported for: an fd whose registration an
+earlier callback of the same batch dropped or rebound (`_changed`) gets none of the
+batch's events; level-triggered, a still-ready fd is reported afresh by the next poll,
+to whoever holds it then (a closed fd's number can be reused within one batch).
 Timers are a heap of `Timer` objects cancelled by flag (no heap surgery). With
 `busy_poll` (--busy-poll), a turn that handled events is followed by polls that do not
 sleep, before the usual sleeping poll: the next event of a connection that answers
@@ -102,6 +106,7 @@ class Loop:
         self.spun = 0.0               # seconds spent spinning so far (a counter)
         self._busy = False            # the last turn handled events
         self._callbacks: dict[int, Callback] = {}
+        self._changed: set[int] = set()  # fds dropped or rebound since the last poll
         self.on_error = on_error or _log_error
         self._timers: list[Timer] = []
         self._wake_r: socket.socket | None = None
@@ -116,11 +121,16 @@ class Loop:
 
     def modify(self, fd: int, mask: int, callback: Callback) -> None:
         self._epoll.modify(fd, mask)
-        self._callbacks[fd] = callback
+        self._rebound(fd, callback)
 
     def rebind(self, fd: int, callback: Callback) -> None:
         """Give a registered fd another callback, its interest unchanged: no kernel call."""
-        self._callbacks[fd] = callback
+        self._rebound(fd, callback)
+
+    def _rebound(self, fd: int, callback: Callback) -> None:
+        if self._callbacks[fd] is not callback:
+            self._callbacks[fd] = callback
+            self._changed.add(fd)  # the batch's events were for the one before
 
     def requeue(self, fd: int, mask: int) -> None:
         """Register `fd` again with `mask` (its interest: the caller's), callback
@@ -134,6 +144,7 @@ class Loop:
             self._epoll.register(fd, mask)
         except OSError:
             del self._callbacks[fd]
+            self._changed.add(fd)
             raise
 
     def watching(self, fd: int) -> bool:
@@ -143,12 +154,14 @@ class Loop:
     def remove(self, fd: int) -> None:
         self._epoll.unregister(fd)
         del self._callbacks[fd]
+        self._changed.add(fd)
 
     def forget(self, fd: int) -> None:
         """Drop `fd`'s callback without asking the kernel: only for an fd its owner
         closes next, and that no other process or descriptor shares (a client or
         member socket of a worker): closing it removes the registration."""
         del self._callbacks[fd]
+        self._changed.add(fd)
 
     def set_interest(self, fd: int, old: int, new: int, callback: Callback) -> int:
         """Move `fd` from interest `old` to `new` (0 = not registered), touching the
@@ -159,9 +172,12 @@ class Loop:
             elif new == 0:
                 self._epoll.unregister(fd)
                 del self._callbacks[fd]
+                self._changed.add(fd)
                 return new
             else:
                 self._epoll.modify(fd, new)
+                self._rebound(fd, callback)
+                return new
             self._callbacks[fd] = callback
         return new
 
@@ -209,13 +225,13 @@ class Loop:
         else:
             events = self._epoll.poll(self._timeout(max_wait), _MAX_EVENTS)
         self._busy = bool(events) and self._spin.longest > 0
-        # each event goes to the registration it was reported for: if an earlier
-        # callback in this batch closed that fd and the number was reused by a new
-        # socket (a new dial, a new session), the stale event must not reach it
-        ready = [(fd, mask, callbacks.get(fd)) for fd, mask in events]
-        for fd, mask, callback in ready:
-            if callback is None or callbacks.get(fd) is not callback:
-                continue  # unregistered, or replaced, by an earlier callback
+        changed = self._changed
+        if changed:
+            changed.clear()  # what changed before this poll, this poll has seen
+        for fd, mask in events:
+            callback = callbacks.get(fd)
+            if callback is None or fd in changed:
+                continue  # dropped or rebound by an earlier callback of this batch
             if mask & _ERROR:
                 mask |= READ | WRITE
             try:
@@ -296,6 +312,7 @@ class Loop:
             self._wake_r = self._wake_w = None
         self._epoll.close()
         self._callbacks.clear()
+        self._changed.clear()
         self._timers.clear()
 
 
