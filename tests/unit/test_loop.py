@@ -59,12 +59,23 @@ def test_error_events_are_reported_as_readable_and_writable():
     a.close()
 
 
-def test_a_stale_event_for_a_reused_fd_is_not_delivered_to_the_new_registration():
+@pytest.fixture
+def two_ready():
+    """A loop and two socket pairs, `a` and `c` readable (in that order) when it polls:
+    one batch with two events, the first one's callback able to act on the second."""
     loop = Loop()
     a, b = socket.socketpair()
     c, d = socket.socketpair()
+    yield loop, a, c, lambda: (b.sendall(b"x"), d.sendall(b"x"))
+    loop.close()
+    for s in (a, b, c, d):
+        s.close()
+
+
+def test_a_stale_event_for_a_reused_fd_is_not_delivered_to_the_new_registration(two_ready):
+    loop, a, c, send = two_ready
     got = []
-    old_fd = a.fileno()
+    old_fd, victim_fd = a.fileno(), c.fileno()
 
     def first(fd, mask):
         # close the fd the *second* event is for, and put a new registration on the
@@ -74,42 +85,30 @@ def test_a_stale_event_for_a_reused_fd_is_not_delivered_to_the_new_registration(
         loop.remove(victim_fd)
         loop.add(victim_fd, READ, lambda fd, mask: got.append("new"))
 
-    victim_fd = c.fileno()
     loop.add(old_fd, READ, first)
     loop.add(victim_fd, READ, lambda fd, mask: got.append("old"))
-    b.sendall(b"x")
-    d.sendall(b"x")
+    send()
     loop.run_once(0.1)
     assert got == []           # the batch's event for victim_fd belonged to "old"
     loop.run_once(0.1)
     assert got == ["new"]      # the next poll reports it afresh, to the new owner
-    loop.close()
-    for s in (a, b, c, d):
-        s.close()
 
 
-def test_an_event_for_an_fd_rebound_earlier_in_the_batch_waits_for_the_next_poll():
-    loop = Loop()
-    a, b = socket.socketpair()
-    c, d = socket.socketpair()
+def test_an_event_for_an_fd_rebound_earlier_in_the_batch_waits_for_the_next_poll(two_ready):
+    loop, a, c, send = two_ready
     got = []
-    target = c.fileno()
 
     def first(fd, mask):
         a.recv(10)
-        loop.rebind(target, lambda fd, mask: (got.append("new"), c.recv(10)))
+        loop.rebind(c.fileno(), lambda fd, mask: (got.append("new"), c.recv(10)))
 
     loop.add(a.fileno(), READ, first)
-    loop.add(target, READ, lambda fd, mask: got.append("old"))
-    b.sendall(b"x")
-    d.sendall(b"x")
+    loop.add(c.fileno(), READ, lambda fd, mask: got.append("old"))
+    send()
     loop.run_once(0.1)
     assert got in ([], ["old"])  # "old" if its event came first in the batch
     loop.run_once(0.1)
     assert got[-1] == "new"      # level-triggered: reported afresh, to the new owner
-    loop.close()
-    for s in (a, b, c, d):
-        s.close()
 
 
 def test_a_failing_signal_handler_does_not_swallow_the_next_signal():
