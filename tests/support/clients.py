@@ -1,4 +1,4 @@
-"""Small client-side helpers shared by the integration tests: bounded waits and echoes.
+"""Small client-side helpers shared by the tests: bounded waits and echoes.
 
 design: every helper is bounded (a timeout on every socket, a deadline on every
 wait) so a broken gateway fails a test instead of hanging the suite.

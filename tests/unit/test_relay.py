@@ -20,6 +20,7 @@ from gateway import relay
 from gateway.loop import Loop
 from gateway.relay import (BULK_LOWAT, PIPE_SIZE, ChannelPool, CopyChannel, End, Mode, Session, SpliceChannel,
                            splice_works)
+from tests.support.clients import wait_until
 
 MODES = ["splice", "copy"]
 _SO_RCVBUFFORCE = 33  # Linux (asm-generic/socket.h); the socket module does not name it
@@ -443,9 +444,9 @@ def streaming():
         burst = os.urandom(3 << 20)
         app.settimeout(10)
         app.sendall(burst)
-        _wait_until(lambda: _queued(session.client) == len(burst),  # no tail can come late
-                    "the 3 MiB burst did not fit in the client's receive queue "
-                    "(net.core.rmem_max too small without root?)")
+        wait_until(lambda: _queued(session.client) == len(burst), 10,  # no tail can come late
+                   "the 3 MiB burst did not fit in the client's receive queue "
+                   "(net.core.rmem_max too small without root?)", interval=0.005)
         member.setblocking(False)
         got = bytearray()
 
@@ -470,13 +471,6 @@ def streaming():
         driver.close()
         for sock in (app, member):
             sock.close()
-
-
-def _wait_until(condition, message: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.005)
 
 
 def test_a_bulk_source_read_behind_by_more_than_the_mark_wakes_only_at_the_mark(streaming):
@@ -515,7 +509,7 @@ def test_a_marked_source_whose_queue_grows_between_checks_keeps_its_mark_until_i
     clock.fire()
     clock.fire()  # idle since the burst: its (empty) queue is noted
     app.sendall(b"slow" * 250)
-    _wait_until(lambda: _queued(session.client) == 1000, "the bytes did not arrive")
+    wait_until(lambda: _queued(session.client) == 1000, 5, "the bytes did not arrive", interval=0.005)
     clock.fire()
     assert session.up.lowat  # still filling (a stream slower than the mark per period)
     clock.fire()
@@ -526,7 +520,7 @@ def test_a_tail_below_the_mark_after_a_pause_waits_at_most_three_checks(streamin
     driver, session, app, member, got, receive, clock = streaming
     start = len(got)
     app.sendall(b"tail" * 100)
-    _wait_until(lambda: _queued(session.client) == 400, "the tail did not arrive")
+    wait_until(lambda: _queued(session.client) == 400, 5, "the tail did not arrive", interval=0.005)
     driver.settle(0.1)
     receive()
     assert len(got) == start  # below the mark: the kernel does not wake the worker
