@@ -533,7 +533,7 @@ class Session:
     def _settle(self) -> None:
         """After an event: end the session if both directions are done, and have the
         worker register what it now wants (or finish it)."""
-        if self.finished:
+        if self.up.done and self.down.done:  # `finished`, without a property call
             self.end(_CLOSED)
         self.sync(self)
 
@@ -605,24 +605,39 @@ class Session:
         hold bytes), both sockets closed; hard (SO_LINGER 0) when a reset ended it, so
         the peer of a reset sees a reset; otherwise with a FIN.
         Idempotent. The worker unregisters the sockets before calling this."""
-        for d in (self.up, self.down):
-            if d.chan is not None:
-                if d.pending:
-                    self.pool.discard(d.chan)
+        up, down = self.up, self.down
+        if up.chan is not None or down.chan is not None:
+            for d in (up, down):
+                if d.chan is not None:
+                    if d.pending:
+                        self.pool.discard(d.chan)
+                    else:
+                        self.pool.put(d.chan)
+                    d.chan = None
+        up.done = down.done = True
+        ended = self.ended
+        if ended is None:
+            ended = self.ended = _GATEWAY
+            self.why = ""
+        hard = ended is _RESET or ended is _FAILED  # End.hard, without a property call
+        client, upstream, ctls, utls = self.client, self.upstream, self.ctls, self.utls
+        if ctls is None and utls is None:  # plain sockets: the usual case, and at once
+            if client >= 0:
+                if hard:
+                    close_fd(client, True)
+                    close_fd(upstream, True)
                 else:
-                    self.pool.put(d.chan)
-                d.chan = None
-            d.done = True
-        self.end(_GATEWAY)
-        hard = self.ended is not None and self.ended.hard
-        for fd, leg in ((self.client, self.ctls), (self.upstream, self.utls)):
-            if leg is not None:
-                leg.close(hard)
-            elif fd >= 0:
-                close_fd(fd, hard)
+                    os.close(client)
+                    os.close(upstream)
+        else:
+            for fd, leg in ((client, ctls), (upstream, utls)):
+                if leg is not None:
+                    leg.close(hard)
+                elif fd >= 0:
+                    close_fd(fd, hard)
+            self.ctls = self.utls = None
+            up.rleg = up.wleg = down.rleg = down.wleg = None
         self.client = self.upstream = -1
-        self.ctls = self.utls = None
-        self.up.rleg = self.up.wleg = self.down.rleg = self.down.wleg = None
 
     def end(self, how: End, why: str = "") -> None:
         """Record how the session ended; the first end recorded is the one kept."""
