@@ -742,23 +742,36 @@ class Worker:
                     self._out_of_descriptors(exc)
                 self._reject(dial, f"cannot open a socket: {exc.strerror}")
                 return
+            if connected and not self.tls.options.originate:
+                # the usual case on a member's own host: a session at once; never an
+                # attempt under way, so never counted toward the member's dial load
+                self._connected(dial, sock, entry)
+                return
             self._attempt(dial, sock, entry)
-            if not connected:
+            if connected:
+                self._start_member_handshake(dial)
+            else:
                 self.table.note_dial_start(entry.slot, dial.started)
                 self._watch_member(dial, WRITE)
                 self._dial_deadline(dial)
-            elif self.tls.options.originate:
-                self._start_member_handshake(dial)
-            else:
-                self._connected(dial)
             return
         self._reject(dial, "no endpoint could be reached" if not dial.rounds else
                      f"no endpoint could be reached in {dial.rounds + 1} rounds of dials")
 
     def _attempt(self, dial: Dial, sock: _socket.socket, entry: RosterEntry) -> None:
-        """A connect to `entry` is under way (it counts toward the member's load)."""
+        """A connect to `entry` is under way (it counts toward the member's load until
+        `_attempt_connected` or `_drop_attempt`)."""
         dial.sock, dial.entry = sock, entry
         self._dialling[entry.slot] += 1
+
+    def _attempt_connected(self, dial: Dial) -> None:
+        """The connect under way (and its TLS handshake) completed: it no longer counts
+        as a dial in flight; a session begins."""
+        sock, entry = dial.sock, dial.entry
+        assert sock is not None and entry is not None
+        self._undial(entry)
+        dial.sock = dial.entry = None  # the session owns them now
+        self._connected(dial, sock, entry)
 
     def _dial_deadline(self, dial: Dial) -> None:
         if dial.timer is None:
@@ -783,7 +796,7 @@ class Worker:
         elif self.tls.options.originate:
             self._start_member_handshake(dial)
         else:
-            self._connected(dial)
+            self._attempt_connected(dial)
 
     def _start_member_handshake(self, dial: Dial) -> None:
         """Connected to a member dialled with TLS: the handshake is part of the dial
@@ -817,7 +830,7 @@ class Worker:
             self._watch_member(dial, want)
             return
         self._count_handshake(TLS_MEMBER)
-        self._connected(dial)
+        self._attempt_connected(dial)
 
     def _member_handshake_failed(self, dial: Dial, exc: BaseException | None) -> None:
         assert dial.entry is not None
@@ -916,16 +929,15 @@ class Worker:
         self._close_client(dial, reset=True)
         self.dials.discard(dial)
 
-    def _connected(self, dial: Dial) -> None:
-        """The member is connected (and its TLS handshake done): a session begins."""
-        sock, entry, registered = dial.sock, dial.entry, dial.umask
-        assert sock is not None and entry is not None
+    def _connected(self, dial: Dial, sock: _socket.socket, entry: RosterEntry) -> None:
+        """`sock` is connected to `entry` (and its TLS handshake done; no longer
+        counted as a dial in flight): a session begins."""
+        registered = dial.umask
         if dial.timer is not None:
             dial.timer.cancel()
             dial.timer = None
         self.dials.discard(dial)
         slot = entry.slot
-        self._undial(entry)
         table = self.table
         if not table.is_up(slot) and table.mark_up(slot):
             logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))

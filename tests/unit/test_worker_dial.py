@@ -150,6 +150,39 @@ def test_a_member_on_this_host_is_relayed_to_within_the_accept_no_wakeup_needed(
         rig.close()
 
 
+def test_a_connect_completed_at_once_leaves_no_dial_counted_toward_the_members_load(member):
+    rig = Rig([member.getsockname()[1]])
+    try:
+        rig.admit()
+        assert rig.worker.session_count == 1
+        assert not any(rig.worker._dialling)
+    finally:
+        rig.close()
+
+
+def test_a_connect_seen_complete_when_writable_counts_as_in_flight_until_then(
+        member, monkeypatch):
+    """A connect that TCP_INFO does not show as done (a member on another host) waits
+    for WRITE: it counts toward the member's dial load (least-connections reads it)
+    until the session begins, and not after."""
+    monkeypatch.setattr("gateway.dial._established", lambda sock: False)
+    rig = Rig([member.getsockname()[1]])
+    try:
+        rig.app.sendall(b"after the wait")
+        rig.admit()
+        assert rig.worker.session_count == 0 and len(rig.worker.dials) == 1
+        assert rig.worker._dialling[rig.slots[0]] == 1
+        rig.run_until(lambda: rig.worker.session_count == 1)
+        assert not rig.worker.dials
+        assert not any(rig.worker._dialling)
+        conn, _ = member.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(64) == b"after the wait"
+    finally:
+        rig.close()
+
+
 def test_a_refused_connect_is_not_taken_for_an_established_one():
     with socket.create_server(("127.0.0.1", 0)) as gone:
         port = gone.getsockname()[1]
