@@ -42,8 +42,9 @@ def start(ep: Endpoint, options: Iterable[SockOpt] = ()) -> tuple[_socket.socket
     once; OSError if no socket could be made."""
     sock = _socket.socket(ep.family, _SOCK_FLAGS)
     try:
-        for level, option, value in options:
-            sock.setsockopt(level, option, value)
+        setsockopt = sock.setsockopt
+        for option in options:  # (level, option, value): the call's own argument tuple
+            setsockopt(*option)
         err = sock.connect_ex(ep.sockaddr)
     except BaseException:
         sock.close()

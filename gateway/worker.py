@@ -966,10 +966,13 @@ class Worker:
         if session.ended:
             self._finish(session)
             return
-        loop = self.loop
         cwant, uwant = session.interest()
-        session.cmask = loop.set_interest(session.client, session.cmask, cwant, session)
-        session.umask = loop.set_interest(session.upstream, session.umask, uwant, session)
+        if cwant != session.cmask:  # (set_interest checks too: this saves its call)
+            session.cmask = self.loop.set_interest(session.client, session.cmask, cwant,
+                                                   session)
+        if uwant != session.umask:
+            session.umask = self.loop.set_interest(session.upstream, session.umask, uwant,
+                                                   session)
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: close both sockets (which removes them from epoll:
