@@ -373,18 +373,15 @@ class Direction:
 
 
 class End(enum.Enum):
-    """How a session ended (the value is how a log line says it). A hard end closes
-    both sockets with SO_LINGER 0, so each peer sees a reset; the others with a FIN."""
+    """How a session ended (the value is how a log line says it). A hard end (RESET,
+    FAILED: `Session.close` tells them by identity) closes both sockets with SO_LINGER
+    0, so each peer sees a reset; the others with a FIN."""
     CLOSED = "closed"                      # both directions done
     RESET = "reset"                        # an error on one side (reset, broken pipe)
     FAILED = "reset: internal error"       # a bug in its handler: its state is unknown
     IDLE = "idle timeout"                  # --idle-timeout
     SHUTDOWN = "closed at shutdown"        # the worker stopped with it open
     GATEWAY = "closed by gateway"          # closed before any of the above
-
-    @property
-    def hard(self) -> bool:
-        return self is _RESET or self is _FAILED
 
 
 # The members that the per-event and per-connection paths name, as module constants:
@@ -619,10 +616,10 @@ class Session:
         if ended is None:
             ended = self.ended = _GATEWAY
             self.why = ""
-        hard = ended is _RESET or ended is _FAILED  # End.hard, without a property call
+        hard = ended is _RESET or ended is _FAILED  # the hard ends (see End)
         client, upstream, ctls, utls = self.client, self.upstream, self.ctls, self.utls
         if ctls is None and utls is None:  # plain sockets: the usual case, and at once
-            if client >= 0:
+            if client >= 0:  # (client and upstream are set, and cleared, together)
                 if hard:
                     close_fd(client, True)
                     close_fd(upstream, True)

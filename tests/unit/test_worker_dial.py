@@ -151,6 +151,8 @@ def test_a_member_on_this_host_is_relayed_to_within_the_accept_no_wakeup_needed(
 
 
 def test_a_connect_completed_at_once_leaves_no_dial_counted_toward_the_members_load(member):
+    """A guard against a leaked count on the usual path: a connect done when connect()
+    returns starts its session within the accept, and no dial is left in flight."""
     rig = Rig([member.getsockname()[1]])
     try:
         rig.admit()
