@@ -393,6 +393,9 @@ _SMALL, _BULK, _TLS = Mode.SMALL, Mode.BULK, Mode.TLS
 _CLOSED, _RESET, _FAILED, _GATEWAY = End.CLOSED, End.RESET, End.FAILED, End.GATEWAY
 
 
+FRESH = (READ, READ)  # `Session.interest()` while no direction has bytes in flight or is done
+
+
 class Session:
     """A client connection relayed to one member, over two socket fds it owns.
     States: relaying (`ended` None) -> ended (an `End`, and `why` in words): finished
@@ -456,12 +459,16 @@ class Session:
         else:
             self._event(mask, outgoing, incoming)
 
-    def begin(self) -> None:
+    def begin(self) -> bool:
         """The member is connected: pass on what the client has already sent (it
-        usually has spoken: this saves a wake-up), then register what the session
-        wants."""
-        self._relay_small(self.up)  # a new direction is SMALL (or TLS), never BULK
+        usually has spoken: this saves a wake-up). True when that left the session
+        wanting what every new session wants, `FRESH` (nothing in flight, neither
+        direction done: the worker registers it, no `interest()` to compute);
+        otherwise it has settled itself (`sync`)."""
+        if self._relay_small(self.up):  # a new direction is SMALL (or TLS), never BULK
+            return True
         self._settle()
+        return False
 
     def _relay_small(self, d: Direction) -> bool:
         """READ on a SMALL or TLS direction with nothing in flight: one read into the

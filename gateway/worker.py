@@ -84,7 +84,8 @@ from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTI
                             tls_counter)
 from gateway.listeners import Kind, Listener
 from gateway.loop import EXCLUSIVE, READ, WRITE, Loop, Timer
-from gateway.relay import ChannelPool, End, Session, close_fd, socket_for, splice_works
+from gateway.relay import (FRESH, ChannelPool, End, Session, close_fd, socket_for,
+                           splice_works)
 from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
 CLIENT_HELLO_TIMEOUT = 10.0  # seconds for a client's TLS handshake, or its first bytes
@@ -143,6 +144,7 @@ _SERVING, _DRAINING, _STOPPED = State.SERVING, State.DRAINING, State.STOPPED
 _OPEN, _FULL = Accepting.OPEN, Accepting.FULL
 _CONNECTING, _MEMBER_HANDSHAKE = DialPhase.CONNECTING, DialPhase.MEMBER_HANDSHAKE
 _UNIX = Kind.UNIX
+_FRESH_CLIENT, _FRESH_MEMBER = FRESH
 _LEAST_CONNECTIONS, _RFC2782 = Balance.LEAST_CONNECTIONS, Order.RFC2782
 
 
@@ -958,7 +960,10 @@ class Worker:
             # the upstream is registered for WRITE under the dial's callback: rebind it
             # (the session's first event sets the interest it wants)
             self.loop.rebind(upstream, session)
-        session.begin()
+        if session.begin():  # it wants FRESH (else it has synced itself)
+            loop = self.loop
+            session.cmask = loop.set_interest(session.client, 0, _FRESH_CLIENT, session)
+            session.umask = loop.set_interest(upstream, registered, _FRESH_MEMBER, session)
 
     # -- sessions --------------------------------------------------------------------
     def _sync(self, session: Session) -> None:

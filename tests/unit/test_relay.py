@@ -17,9 +17,9 @@ import termios
 import pytest
 
 from gateway import relay
-from gateway.loop import Loop
-from gateway.relay import (BULK_LOWAT, PIPE_SIZE, ChannelPool, CopyChannel, End, Mode, Session, SpliceChannel,
-                           splice_works)
+from gateway.loop import READ, Loop
+from gateway.relay import (BULK_LOWAT, FRESH, PIPE_SIZE, ChannelPool, CopyChannel, End, Mode, Session,
+                           SpliceChannel, splice_works)
 from tests.support.clients import wait_until
 
 MODES = ["splice", "copy"]
@@ -359,6 +359,62 @@ def test_a_direction_that_fills_a_buffer_switches_to_splice_and_the_other_does_n
 
 def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_session_with_nothing_in_flight_wants_fresh(wired):
+    driver, session, app, member = wired
+    assert session.interest() == FRESH
+
+
+def _unstarted(driver: Driver, client: socket.socket, upstream: socket.socket) -> Session:
+    client.setblocking(False)
+    upstream.setblocking(False)
+    session = Session(client.detach(), upstream.detach(), driver.pool, driver.sync)
+    driver.live.append(session)
+    return session
+
+
+def test_begin_passes_on_what_the_client_sent_and_leaves_the_registering_to_the_caller(mode):
+    """A new session's first read: the client's request goes to the member at once;
+    `begin` then says the session wants FRESH, and has registered nothing itself."""
+    app, client = tcp_pair()
+    upstream, member = tcp_pair()
+    driver = Driver(mode)
+    calls = []
+    try:
+        app.sendall(b"first request")
+        session = _unstarted(driver, client, upstream)
+        session.sync = lambda s: calls.append(s)  # type: ignore[assignment]
+        time.sleep(0.05)  # the bytes are in the client socket before the first read
+        assert session.begin() is True
+        assert calls == []
+        member.settimeout(5)
+        assert member.recv(64) == b"first request"
+    finally:
+        driver.close()
+        for sock in (app, member):
+            sock.close()
+
+
+def test_begin_after_the_client_already_left_settles_the_session_itself(mode):
+    """EOF at the first read is carried at once (the member's side is shut for
+    writing), and the session registers what it wants then: not FRESH."""
+    app, client = tcp_pair()
+    upstream, member = tcp_pair()
+    driver = Driver(mode)
+    try:
+        app.shutdown(socket.SHUT_WR)
+        session = _unstarted(driver, client, upstream)
+        time.sleep(0.05)  # the FIN is in the client socket before the first read
+        assert session.begin() is False
+        assert session.up.done
+        assert (session.cmask, session.umask) == (0, READ)  # synced: the member may still answer
+        member.settimeout(5)
+        assert member.recv(64) == b""
+    finally:
+        driver.close()
+        for sock in (app, member):
+            sock.close()
 
 
 def test_a_small_message_relayed_whole_changes_no_registration(wired):
