@@ -38,7 +38,8 @@ Invariants (as Go's splice_linux.go and sshuttle's ssnet.py learnt them):
 
 The session never touches the poller: after each event it calls `sync(session)`, and
 the worker registers the two masks of `interest()` where they changed, with
-the session itself as the callback for both fds (`session(fd, mask)`). It holds raw
+the session itself as the callback for both fds (`session(fd, mask)`); a session that
+`begin` left as every new one is (`FRESH`) is registered by the worker directly. It holds raw
 file descriptors, not socket objects, so an idle connection costs as little memory as
 it can: a temporary socket object is made only for the rare shutdown or linger.
 
