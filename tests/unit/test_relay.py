@@ -366,55 +366,49 @@ def test_a_session_with_nothing_in_flight_wants_fresh(wired):
     assert session.interest() == FRESH
 
 
-def _unstarted(driver: Driver, client: socket.socket, upstream: socket.socket) -> Session:
+@pytest.fixture
+def unstarted(mode):
+    """app <-> [client | session | upstream] <-> member, as `wired`, but the session
+    has not begun: nothing read, nothing registered."""
+    app, client = tcp_pair()
+    upstream, member = tcp_pair()
+    driver = Driver(mode)
     client.setblocking(False)
     upstream.setblocking(False)
     session = Session(client.detach(), upstream.detach(), driver.pool, driver.sync)
     driver.live.append(session)
-    return session
+    yield driver, session, app, member
+    driver.close()
+    for sock in (app, member):
+        sock.close()
 
 
-def test_begin_passes_on_what_the_client_sent_and_leaves_the_registering_to_the_caller(mode):
+def test_begin_passes_on_what_the_client_sent_and_leaves_the_registering_to_the_caller(
+        unstarted):
     """A new session's first read: the client's request goes to the member at once;
     `begin` then says the session wants FRESH, and has registered nothing itself."""
-    app, client = tcp_pair()
-    upstream, member = tcp_pair()
-    driver = Driver(mode)
+    driver, session, app, member = unstarted
     calls = []
-    try:
-        app.sendall(b"first request")
-        session = _unstarted(driver, client, upstream)
-        session.sync = lambda s: calls.append(s)  # type: ignore[assignment]
-        time.sleep(0.05)  # the bytes are in the client socket before the first read
-        assert session.begin() is True
-        assert calls == []
-        member.settimeout(5)
-        assert member.recv(64) == b"first request"
-    finally:
-        driver.close()
-        for sock in (app, member):
-            sock.close()
+    session.sync = lambda s: calls.append(s)  # type: ignore[assignment]
+    app.sendall(b"first request")
+    time.sleep(0.05)  # the bytes are in the client socket before the first read
+    assert session.begin() is True
+    assert calls == []
+    member.settimeout(5)
+    assert member.recv(64) == b"first request"
 
 
-def test_begin_after_the_client_already_left_settles_the_session_itself(mode):
+def test_begin_after_the_client_already_left_settles_the_session_itself(unstarted):
     """EOF at the first read is carried at once (the member's side is shut for
     writing), and the session registers what it wants then: not FRESH."""
-    app, client = tcp_pair()
-    upstream, member = tcp_pair()
-    driver = Driver(mode)
-    try:
-        app.shutdown(socket.SHUT_WR)
-        session = _unstarted(driver, client, upstream)
-        time.sleep(0.05)  # the FIN is in the client socket before the first read
-        assert session.begin() is False
-        assert session.up.done
-        assert (session.cmask, session.umask) == (0, READ)  # synced: the member may still answer
-        member.settimeout(5)
-        assert member.recv(64) == b""
-    finally:
-        driver.close()
-        for sock in (app, member):
-            sock.close()
+    driver, session, app, member = unstarted
+    app.shutdown(socket.SHUT_WR)
+    time.sleep(0.05)  # the FIN is in the client socket before the first read
+    assert session.begin() is False
+    assert session.up.done
+    assert (session.cmask, session.umask) == (0, READ)  # synced: the member may still answer
+    member.settimeout(5)
+    assert member.recv(64) == b""
 
 
 def test_a_small_message_relayed_whole_changes_no_registration(wired):

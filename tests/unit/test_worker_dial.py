@@ -78,6 +78,14 @@ def member():
     server.close()
 
 
+def _first_bytes(member: socket.socket) -> bytes:
+    """What the member's next accepted connection received first (bounded waits)."""
+    conn, _ = member.accept()
+    with conn:
+        conn.settimeout(5)
+        return conn.recv(64)
+
+
 def test_a_timed_out_dial_moves_the_client_to_the_next_candidate(hung, member):
     rig = Rig([hung.port, member.getsockname()[1]], dial_timeout=0.3)
     try:
@@ -142,10 +150,7 @@ def test_a_member_on_this_host_is_relayed_to_within_the_accept_no_wakeup_needed(
         time.sleep(0.05)  # the bytes are in the client socket before the accept
         rig.admit()
         assert rig.worker.session_count == 1 and not rig.worker.dials
-        conn, _ = member.accept()
-        with conn:
-            conn.settimeout(5)
-            assert conn.recv(64) == b"first request"
+        assert _first_bytes(member) == b"first request"
     finally:
         rig.close()
 
@@ -177,10 +182,7 @@ def test_a_connect_seen_complete_when_writable_counts_as_in_flight_until_then(
         rig.run_until(lambda: rig.worker.session_count == 1)
         assert not rig.worker.dials
         assert not any(rig.worker._dialling)
-        conn, _ = member.accept()
-        with conn:
-            conn.settimeout(5)
-            assert conn.recv(64) == b"after the wait"
+        assert _first_bytes(member) == b"after the wait"
     finally:
         rig.close()
 
@@ -207,10 +209,7 @@ def test_the_tick_accepts_a_client_no_wakeup_announced(member):
             time.sleep(0.05)
             worker._sweep_listeners()  # no loop turn: nobody was woken
             assert worker.session_count == 1
-            conn, _ = member.accept()
-            with conn:
-                conn.settimeout(5)
-                assert conn.recv(16) == b"hello"
+            assert _first_bytes(member) == b"hello"
     finally:
         worker._close_all()
         worker.loop.close()
@@ -228,10 +227,7 @@ def test_a_relayed_connection_is_in_the_tables_counters_as_it_opens_and_closes(m
         assert table.counter(slot, C_CONNECTIONS, worker=index) == 1
         assert table.counter(slot, C_ACTIVE, worker=index) == 1
         assert table.counter(slot, C_DIAL_COUNT, worker=index) == 1
-        conn, _ = member.accept()
-        with conn:
-            conn.settimeout(5)
-            assert conn.recv(64) == b"0123456789"
+        assert _first_bytes(member) == b"0123456789"
         rig.app.close()
         rig.run_until(lambda: rig.worker.session_count == 0)
         assert table.counter(slot, C_ACTIVE, worker=index) == 0
