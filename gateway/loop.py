@@ -166,19 +166,17 @@ class Loop:
     def set_interest(self, fd: int, old: int, new: int, callback: Callback) -> int:
         """Move `fd` from interest `old` to `new` (0 = not registered), touching the
         kernel only when it changed; returns `new`."""
-        if new != old:
+        if new != old:  # add, remove and modify inline: this runs for every connection
             if old == 0:
                 self._epoll.register(fd, new)
+                self._callbacks[fd] = callback
             elif new == 0:
                 self._epoll.unregister(fd)
                 del self._callbacks[fd]
                 self._changed.add(fd)
-                return new
             else:
                 self._epoll.modify(fd, new)
                 self._rebound(fd, callback)
-                return new
-            self._callbacks[fd] = callback
         return new
 
     def registered(self) -> Iterable[Callback]:

@@ -958,7 +958,7 @@ class Worker:
         self.session_count += 1
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
-            # (the session's first event sets the interest it wants)
+            # (begin's registration below, or its own sync, sets the interest it wants)
             self.loop.rebind(upstream, session)
         if session.begin():  # it wants FRESH (else it has synced itself)
             loop = self.loop
