@@ -37,12 +37,18 @@ class Driver:
         self.live: list[Session] = []
 
     def start(self, client: socket.socket, upstream: socket.socket) -> Session:
-        """The session takes over both sockets' fds (the objects are detached)."""
+        """The session takes over both sockets' fds and registers what it wants."""
+        session = self.make(client, upstream)
+        self.sync(session)
+        return session
+
+    def make(self, client: socket.socket, upstream: socket.socket) -> Session:
+        """The session takes over both sockets' fds (the objects are detached); nothing
+        is read or registered yet."""
         client.setblocking(False)
         upstream.setblocking(False)
         session = Session(client.detach(), upstream.detach(), self.pool, self.sync)
         self.live.append(session)
-        self.sync(session)
         return session
 
     def sync(self, s: Session) -> None:
@@ -118,17 +124,23 @@ def mode(request):
     return request.param
 
 
-@pytest.fixture
-def wired(mode):
-    """app <-> [client | session | upstream] <-> member, on loopback TCP."""
+def _rig(mode: str, started: bool):
+    """app <-> [client | session | upstream] <-> member, on loopback TCP; the session
+    registered (`Driver.start`) or not yet begun (`Driver.make`)."""
     app, client = tcp_pair()
     upstream, member = tcp_pair()
     driver = Driver(mode)
-    session = driver.start(client, upstream)
+    session = (driver.start if started else driver.make)(client, upstream)
     yield driver, session, app, member
     driver.close()
     for sock in (app, member):
         sock.close()
+
+
+@pytest.fixture
+def wired(mode):
+    """app <-> [client | session | upstream] <-> member, on loopback TCP."""
+    yield from _rig(mode, started=True)
 
 
 def test_splice_is_available_here():
@@ -370,17 +382,7 @@ def test_a_session_with_nothing_in_flight_wants_fresh(wired):
 def unstarted(mode):
     """app <-> [client | session | upstream] <-> member, as `wired`, but the session
     has not begun: nothing read, nothing registered."""
-    app, client = tcp_pair()
-    upstream, member = tcp_pair()
-    driver = Driver(mode)
-    client.setblocking(False)
-    upstream.setblocking(False)
-    session = Session(client.detach(), upstream.detach(), driver.pool, driver.sync)
-    driver.live.append(session)
-    yield driver, session, app, member
-    driver.close()
-    for sock in (app, member):
-        sock.close()
+    yield from _rig(mode, started=False)
 
 
 def test_begin_passes_on_what_the_client_sent_and_leaves_the_registering_to_the_caller(
@@ -476,6 +478,16 @@ def _queued(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
 
 
+def _relay_until(driver: Driver, receive, got: bytearray, total: int, timeout: float,
+                 what: str) -> None:
+    """Turn the loop and read the member's side until `got` holds `total` bytes."""
+    deadline = time.monotonic() + timeout
+    while len(got) < total:
+        assert time.monotonic() < deadline, what
+        driver.loop.run_once(0.01)
+        receive()
+
+
 @pytest.fixture
 def streaming():
     """A splice session whose client has sent 3 MiB (all of it queued) before the gateway
@@ -510,11 +522,7 @@ def streaming():
             except BlockingIOError:
                 pass
 
-        deadline = time.monotonic() + 10
-        while len(got) < len(burst):
-            assert time.monotonic() < deadline, "the burst did not arrive"
-            driver.loop.run_once(0.01)
-            receive()
+        _relay_until(driver, receive, got, len(burst), 10, "the burst did not arrive")
         assert bytes(got) == burst
         yield driver, session, app, member, got, receive, clock
     finally:
@@ -544,11 +552,7 @@ def test_a_marked_source_read_between_two_checks_keeps_its_mark(streaming):
     assert session.up.lowat
     start, more = len(got), BULK_LOWAT + 4096
     app.sendall(os.urandom(more))  # at the mark: the kernel wakes the worker, it reads
-    deadline = time.monotonic() + 5
-    while len(got) < start + more:
-        assert time.monotonic() < deadline, "bytes at the mark were not read"
-        driver.loop.run_once(0.01)
-        receive()
+    _relay_until(driver, receive, got, start + more, 5, "bytes at the mark were not read")
     clock.fire()  # the queue is empty again, as at the last check, but it was read
     assert session.up.lowat and _rcvlowat(session.client) == BULK_LOWAT
 
@@ -580,11 +584,7 @@ def test_a_tail_below_the_mark_after_a_pause_waits_at_most_three_checks(streamin
         clock.fire()
         checks += 1
     assert _rcvlowat(session.client) == 1  # back to any byte: the kernel wakes us now
-    deadline = time.monotonic() + 5
-    while len(got) < start + 400:
-        assert time.monotonic() < deadline, "a tail below the low-water mark stalled"
-        driver.loop.run_once(0.01)
-        receive()
+    _relay_until(driver, receive, got, start + 400, 5, "a tail below the low-water mark stalled")
     assert bytes(got[start:]) == b"tail" * 100
 
 
