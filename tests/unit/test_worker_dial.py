@@ -250,6 +250,23 @@ def test_accepted_clients_are_counted_in_the_table_with_the_open_count(member):
         worker.loop.close()
 
 
+def test_an_accepted_client_is_relayed_non_blocking(member):
+    """A client socket comes out of accept() blocking; the worker makes it
+    non-blocking before its session reads or writes it (a blocking write to a full
+    client would stall every session of the worker)."""
+    table, index, sock, worker = _accepting_worker(member)
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=5) as app:
+            app.sendall(b"first request")  # so that a blocking first read would return
+            time.sleep(0.05)
+            worker._sweep_listeners()
+            [session] = worker._live_sessions()
+            assert os.get_blocking(session.client) is False
+    finally:
+        worker._close_all()
+        worker.loop.close()
+
+
 def _accepting_worker(member) -> tuple[HealthTable, int, socket.socket, Worker]:
     """A worker (in this process) reading one TCP listener, dialling `member`:
     (table, its worker index, the listening socket, the worker)."""
