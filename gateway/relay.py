@@ -75,7 +75,6 @@ LOWAT_CHECK = 0.001        # period of the check that takes a stalled source's m
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 LINGER_RESET = struct.pack("ii", 1, 0)
-_INT0 = bytes(4)           # ioctl's argument for an int result
 
 
 class SpliceChannel:
@@ -306,8 +305,13 @@ def socket_for(fd: int) -> _socket.socket:
 
 
 def queued_bytes(fd: int) -> int:
-    """Bytes waiting in a socket's receive queue (SIOCINQ)."""
-    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, _INT0), sys.byteorder, signed=True)
+    """Bytes waiting in a socket's receive queue (SIOCINQ). The kernel writes the
+    count into a writable buffer: fcntl.ioctl tries one first, and given bytes it
+    fails that parse (a TypeError built and cleared) before copying them (1.56 against
+    1.21 µs a call, timeit; a TLS leg asks once per small record)."""
+    count = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return int.from_bytes(count, sys.byteorder, signed=True)
 
 
 def _set_rcvlowat(fd: int, size: int) -> None:

@@ -609,3 +609,12 @@ def test_a_session_closed_with_its_source_marked_is_dropped_by_the_check(streami
     assert not session.up.lowat
     assert driver.pool._armed == []
     assert clock.due == []  # nothing left to check: no timer
+
+
+def test_queued_bytes_counts_what_waits_unread_in_a_socket():
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b"x" * 10)
+        assert relay.queued_bytes(a.fileno()) == 10
+        a.recv(4)
+        assert relay.queued_bytes(a.fileno()) == 6
