@@ -272,14 +272,15 @@ class Worker:
     def _handler_failed(self, callback: object, exc: BaseException) -> None:
         """A bug in an event handler: log it; if it was a session's, close that session
         (its state is unknown), and keep serving every other connection."""
-        where = {"session": repr(callback)} if isinstance(callback, Session) else {}
+        session = getattr(callback, "__self__", callback)  # a session's handler: its session
+        where = {"session": repr(session)} if isinstance(session, Session) else {}
         logger.error("event handler failed", exc_info=exc,
                      extra=gwlog.fields(worker=self.index,
                                         handler=gwlog.handler_name(callback), **where))
-        if isinstance(callback, Session) and callback.client >= 0:
-            callback.end(End.FAILED, repr(exc))
+        if isinstance(session, Session) and session.client >= 0:
+            session.end(End.FAILED, repr(exc))
             try:
-                self._finish(callback)
+                self._finish(session)
             except Exception:  # noqa: BLE001 - the session is beyond saving
                 logger.exception("cannot close a failed session")
 
@@ -965,11 +966,12 @@ class Worker:
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
             # (begin's registration below, or its own sync, sets the interest it wants)
-            self.loop.rebind(upstream, session)
+            self.loop.rebind(upstream, session.handler)
         if session.begin():  # it wants FRESH (else it has synced itself)
             loop = self.loop
-            session.cmask = loop.set_interest(session.client, 0, _FRESH_CLIENT, session)
-            session.umask = loop.set_interest(upstream, registered, _FRESH_MEMBER, session)
+            handler = session.handler
+            session.cmask = loop.set_interest(session.client, 0, _FRESH_CLIENT, handler)
+            session.umask = loop.set_interest(upstream, registered, _FRESH_MEMBER, handler)
 
     # -- sessions --------------------------------------------------------------------
     def _sync(self, session: Session) -> None:
@@ -980,10 +982,10 @@ class Worker:
         cwant, uwant = session.interest()
         if cwant != session.cmask:  # (set_interest checks too: this saves its call)
             session.cmask = self.loop.set_interest(session.client, session.cmask, cwant,
-                                                   session)
+                                                   session.handler)
         if uwant != session.umask:
             session.umask = self.loop.set_interest(session.upstream, session.umask, uwant,
-                                                   session)
+                                                   session.handler)
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: close both sockets (which removes them from epoll:
@@ -1015,8 +1017,9 @@ class Worker:
         its sockets while it lives): no separate set to keep per connection."""
         seen: dict[int, Session] = {}
         for callback in self.loop.registered():
-            if isinstance(callback, Session):
-                seen[id(callback)] = callback
+            session = getattr(callback, "__self__", None)  # a session's handler
+            if isinstance(session, Session):
+                seen[id(session)] = session
         return list(seen.values())
 
     def _flush_bytes(self, session: Session) -> bool:
