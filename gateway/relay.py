@@ -405,6 +405,13 @@ def _closed(fd: int, mask: int) -> None:
     """A closed session's handler (it is registered nowhere by then): nothing to do."""
 
 
+def session_of(callback: object) -> "Session | None":
+    """The session whose `handler` the poller holds as `callback`; None for any other
+    callback."""
+    session = getattr(callback, "__self__", None)
+    return session if isinstance(session, Session) else None
+
+
 class Session:
     """A client connection relayed to one member, over two socket fds it owns.
     States: relaying (`ended` None) -> ended (an `End`, and `why` in words): finished

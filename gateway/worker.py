@@ -84,7 +84,7 @@ from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTI
                             tls_counter)
 from gateway.listeners import Kind, Listener
 from gateway.loop import EXCLUSIVE, READ, WRITE, Loop, Timer
-from gateway.relay import (FRESH, ChannelPool, End, Session, close_fd, socket_for,
+from gateway.relay import (FRESH, ChannelPool, End, Session, close_fd, session_of, socket_for,
                            splice_works)
 from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
@@ -272,12 +272,12 @@ class Worker:
     def _handler_failed(self, callback: object, exc: BaseException) -> None:
         """A bug in an event handler: log it; if it was a session's, close that session
         (its state is unknown), and keep serving every other connection."""
-        session = getattr(callback, "__self__", callback)  # a session's handler: its session
-        where = {"session": repr(session)} if isinstance(session, Session) else {}
+        session = session_of(callback)
+        where = {"session": repr(session)} if session is not None else {}
         logger.error("event handler failed", exc_info=exc,
                      extra=gwlog.fields(worker=self.index,
                                         handler=gwlog.handler_name(callback), **where))
-        if isinstance(session, Session) and session.client >= 0:
+        if session is not None and session.client >= 0:
             session.end(End.FAILED, repr(exc))
             try:
                 self._finish(session)
@@ -1017,8 +1017,8 @@ class Worker:
         its sockets while it lives): no separate set to keep per connection."""
         seen: dict[int, Session] = {}
         for callback in self.loop.registered():
-            session = getattr(callback, "__self__", None)  # a session's handler
-            if isinstance(session, Session):
+            session = session_of(callback)
+            if session is not None:
                 seen[id(session)] = session
         return list(seen.values())
 
