@@ -963,13 +963,13 @@ class Worker:
         table.note_dial_ok(slot, now, self._suspect_after)
         table.observe_dial(at, now - dial.started)
         self.session_count += 1
+        handler = session.handler
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
             # (begin's registration below, or its own sync, sets the interest it wants)
-            self.loop.rebind(upstream, session.handler)
+            self.loop.rebind(upstream, handler)
         if session.begin():  # it wants FRESH (else it has synced itself)
             loop = self.loop
-            handler = session.handler
             session.cmask = loop.set_interest(session.client, 0, _FRESH_CLIENT, handler)
             session.umask = loop.set_interest(upstream, registered, _FRESH_MEMBER, handler)
 
