@@ -10,8 +10,11 @@ stamp. So `Candidates` derives a `View` once and hands the same one out for as l
 the stamp reads the same. Only the suspect rule also moves with time (a dial waiting
 longer than `after` makes its member a suspect with no write at all): a view expires at
 the earliest time that could happen (health.py `suspect_expiry`), then it is derived
-again. The order itself (round robin, RFC 2782, least connections) is still chosen per
-dial, by picker.py, from the view: a view holds no choice.
+again. The order itself (RFC 2782, least connections) is still chosen per dial, by
+picker.py, from the view, except round robin's: with n members in rotation it has only
+n orders (each rotation of them, then the members out of rotation, suspects moved as
+`rank` says), so a round-robin view makes them once (`rotations`) and a dial takes one
+by the shared counter, read-only: no lists built and no sort per dial.
 """
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ IN_ROTATION, SUSPECT, OUT_OF_ROTATION = range(3)
 class View:
     """The candidates as they stand: `entries` (roster order, learners left out), their
     `up` marks (in rotation), `rank` (slot -> IN_ROTATION, SUSPECT or OUT_OF_ROTATION;
-    None when no candidate is a suspect), and the policies published with the roster."""
-    __slots__ = ("entries", "up", "any_up", "healthy", "down", "rank", "order", "balance")
+    None when no candidate is a suspect), and the policies published with the roster.
+    `rotations`: round robin's orders, ranked (empty under any other policy)."""
+    __slots__ = ("entries", "up", "any_up", "healthy", "down", "rank", "order", "balance",
+                 "rotations")
 
     def __init__(self, entries: list[RosterEntry], up: list[bool],
                  rank: dict[int, int] | None, order: Order, balance: Balance):
@@ -40,6 +45,20 @@ class View:
         self.rank = rank
         self.order = order
         self.balance = balance
+        self.rotations: list[list[RosterEntry]] = []
+        if order is Order.ROUND_ROBIN and balance is Balance.ROUND_ROBIN:
+            healthy, down = self.healthy, self.down
+            self.rotations = [self.ranked(picker.rotate(healthy, down, start))
+                              for start in range(max(1, len(healthy)))]
+
+    def ranked(self, candidates: list[RosterEntry]) -> list[RosterEntry]:
+        """`candidates` (in place) with suspects moved after the other members in
+        rotation, before those out of it: the pickers put members out of rotation
+        last; only suspects (health.py `suspect`) move, stably within a rank."""
+        rank = self.rank
+        if rank is not None:
+            candidates.sort(key=lambda e: rank[e.slot])
+        return candidates
 
 
 class Candidates:

@@ -153,7 +153,7 @@ class Dial:
     the attempt under way; `ctls`/`utls` are its TLS legs once they exist. It lives
     only while the client waits for a member, so its fields start as class
     defaults: a dial that connects at once sets only what it uses."""
-    candidates: list[RosterEntry]   # set by _start_dial before any attempt
+    candidates: list[RosterEntry]   # set by _start_dial; read-only (a view's own list)
     next = 0
     sock: _socket.socket | None = None
     entry: RosterEntry | None = None
@@ -538,7 +538,8 @@ class Worker:
                 connections=self.session_count, repeats=suppressed))
 
     def _candidates(self, view: View) -> list[RosterEntry]:
-        """The view's candidates in the order its policies choose for one dial."""
+        """The view's candidates in the order its policies choose for one dial (a new
+        list): RFC 2782, or least connections (round robin: the view's `rotations`)."""
         table = self.table
         if view.balance is _LEAST_CONNECTIONS:
             roster, up = view.entries, view.up
@@ -549,9 +550,7 @@ class Worker:
                 return picker.least_connections(roster, up, load, table.next_rr(),
                                                 _priority, _weight)
             return picker.least_connections(roster, up, load, table.next_rr())
-        if view.order is _RFC2782:
-            return picker.rfc2782(view.entries, view.up, _priority, _weight, random.random)
-        return picker.rotate(view.healthy, view.down, table.next_rr())
+        return picker.rfc2782(view.entries, view.up, _priority, _weight, random.random)
 
     # -- the client's phases before any dial: TLS handshake, first bytes ------------
     def _admit(self, client: int, addr: tuple | str) -> None:
@@ -706,13 +705,10 @@ class Worker:
         # them out); a member whose role is not known yet is ordered with the members
         # marked down
         view = self._members.view(now)
-        candidates = self._candidates(view)
-        rank = view.rank
-        if rank is not None:
-            # the pickers put members out of rotation last; only suspects (health.py
-            # `suspect`) move: after the other members in rotation, before those out
-            candidates.sort(key=lambda e: rank[e.slot])  # stable within a rank
-        return view, candidates
+        rotations = view.rotations
+        if rotations:  # round robin: the view's own orders, already ranked (read-only)
+            return view, rotations[self.table.next_rr() % len(rotations)]
+        return view, view.ranked(self._candidates(view))
 
     def _next_round(self, dial: Dial) -> bool:
         """Every candidate failed. If one of them timed out (busy, or a lost SYN) and

@@ -120,3 +120,35 @@ def test_a_roster_and_policies_published_by_the_master_give_a_new_view():
     assert [e.endpoint.port for e in view.entries] == [2379, 2390]
     assert view.order is Order.RFC2782 and view.balance is Balance.LEAST_CONNECTIONS
     assert [e.endpoint.port for e in members.roster] == [2379, 2390]
+
+
+def ports(entries) -> list[int]:
+    return [e.endpoint.port for e in entries]
+
+
+def test_a_round_robin_view_holds_each_rotation_of_the_members_in_rotation_then_the_rest():
+    table, slots, members = rig(4)
+    table.mark_down(slots[1], "refused")
+    assert [ports(order) for order in members.view(10.0).rotations] == [
+        [2379, 2381, 2382, 2380], [2381, 2382, 2379, 2380], [2382, 2379, 2381, 2380]]
+
+
+def test_a_suspect_goes_after_the_other_members_in_rotation_in_every_round_robin_order():
+    table, slots, members = rig()
+    table.mark_down(slots[2], "refused")
+    table.note_dial_timeout(slots[0], 9.0, 10.0)
+    assert [ports(order) for order in members.view(10.0).rotations] == [
+        [2380, 2379, 2381], [2380, 2379, 2381]]
+
+
+def test_a_round_robin_view_with_every_member_down_still_has_an_order_to_try():
+    table, slots, members = rig(2)
+    for slot in slots:
+        table.mark_down(slot, "refused")
+    assert [ports(order) for order in members.view(10.0).rotations] == [[2379, 2380]]
+
+
+def test_only_a_round_robin_view_holds_its_orders():
+    table, slots, members = rig(2)
+    table.set_load_policy(0, Balance.LEAST_CONNECTIONS)
+    assert members.view(10.0).rotations == []
