@@ -468,10 +468,12 @@ class HealthTable:
     # `fall` counted timeouts need the member silent for `fall` dial timeouts on end;
     # any success clears the count. Racing workers may lose an increment (read-modify-
     # write without a lock): that only delays a mark, it never invents one.
-    def note_dial_ok(self, slot: int, now: float, after: float = 0.0) -> None:
+    def note_dial_ok(self, slot: int, now: float, after: float = 0.0) -> bool:
         """A dial to `slot` succeeded at `now` (monotonic): the member is alive. If
         that ends a suspicion (`suspect` with `after`: the caller's), the health stamp
-        moves; a success on a member no one suspects writes one cell."""
+        moves; a success on a member no one suspects writes one cell. True when the
+        member is marked down (`is_up`, read in the same visit): the caller readmits
+        it (`mark_up`)."""
         f64, at = self._f64, self._ep_d + slot * _EP_F64
         before = f64[at + _DIAL_OK_D]
         f64[at + _DIAL_OK_D] = now
@@ -481,6 +483,7 @@ class HealthTable:
             self._stamp()
         elif (waiting := f64[at + _WAITING_D]) > before and now - waiting > after:
             self._stamp()
+        return f64[at + _DOWN_D] != 0.0
 
     def last_dial_ok(self, slot: int) -> float:
         return _F64.unpack_from(self.buf, self._slot_off(slot) + _EP_DIAL_OK_OFF)[0]

@@ -943,9 +943,6 @@ class Worker:
             dial.timer = None
         self.dials.discard(dial)
         slot = entry.slot
-        table = self.table
-        if not table.is_up(slot) and table.mark_up(slot):
-            logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
         upstream = sock.fileno() if dial.utls is not None else sock.detach()
         session = Session(dial.client, upstream, self.pool, self._sync_session,
                           dial.ctls, dial.utls, slot, registered)
@@ -955,8 +952,10 @@ class Worker:
         cells[at + C_CONNECTIONS] += 1
         cells[at + C_ACTIVE] += 1
         now = time.monotonic()
-        # alive: timed-out dials started before it are void
-        table.note_dial_ok(slot, now, self._suspect_after)
+        # alive: timed-out dials started before it are void; one marked down is back
+        table = self.table
+        if table.note_dial_ok(slot, now, self._suspect_after) and table.mark_up(slot):
+            logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
         table.observe_dial(at, now - dial.started)
         self.session_count += 1
         handler = session.handler

@@ -215,6 +215,20 @@ def test_the_tick_accepts_a_client_no_wakeup_announced(member):
         worker.loop.close()
 
 
+def test_a_member_marked_down_is_readmitted_by_a_clients_successful_dial(member):
+    """Every member down: each is tried once for a new client, and the one that
+    answers is back in rotation at once, for every worker (no wait for a check)."""
+    rig = Rig([member.getsockname()[1]])
+    table, slot = rig.table, rig.slots[0]
+    try:
+        table.mark_down(slot, "dial tcp: connect: connection refused")
+        rig.admit()
+        assert rig.worker.session_count == 1
+        assert table.is_up(slot)
+    finally:
+        rig.close()
+
+
 def test_a_relayed_connection_is_in_the_tables_counters_as_it_opens_and_closes(member):
     """No count waits for a flush: the master's load refresh, --max-connections and
     the metrics read the table, so a session is counted there as it starts and ends."""
