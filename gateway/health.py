@@ -190,12 +190,15 @@ _WK_BEAT_OFF = _WK_LAYOUT["beat"]
 # retired totals of dead workers, then the master's own. Columns: one per endpoint
 # slot, then one for gateway-wide counters.
 N_COUNTERS = 32  # cells per column; room to grow without changing the layout
+# C_CONNECTIONS is also the dial histogram's count: a session follows exactly one
+# successful dial (`count_connection`); cell 7 is unused
 (C_CONNECTIONS, C_ACTIVE, C_DIAL_FAILURES, C_BYTES_SENT, C_BYTES_RECEIVED,
- C_HEALTH_CHECK_FAILURES, C_DIAL_MICROS, C_DIAL_COUNT) = range(8)
+ C_HEALTH_CHECK_FAILURES, C_DIAL_MICROS) = range(7)
 C_DIAL_BUCKET0 = 8  # non-cumulative counts of dials that took <= DIAL_BUCKETS[i]
 DIAL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 2.5, 5.0)
 _N_DIAL_BUCKETS = len(DIAL_BUCKETS)
+_FIRST_BOUND = DIAL_BUCKETS[0]
 GATEWAY = MAX_ENDPOINTS  # the column of gateway-wide counters
 # G_OPEN is a gauge (clients a worker holds now: dialling or relayed); G_LIMITED counts
 # the times a worker stopped accepting because --max-connections was reached
@@ -748,13 +751,16 @@ class HealthTable:
         return sum(_U64.unpack_from(self.buf, self.counter_offset(r, column, counter))[0]
                    for r in rows)
 
-    def observe_dial(self, at: int, seconds: float) -> None:
-        """Record one successful dial's duration in a worker's histogram cells: `at`
-        is the cell index (`cells`) of the column, `cell(worker, slot, 0)`."""
+    def count_connection(self, at: int, seconds: float) -> None:
+        """A session began, its dial having taken `seconds`, in a worker's cells: `at`
+        is the cell index (`cells`) of the column, `cell(worker, slot, 0)`. One count
+        serves both the connections counter and the dial histogram's count; then the
+        histogram's sum and bucket (a dial to a member on this host takes well under
+        the first bound: that bucket needs no search)."""
         words = self._words
+        words[at + C_CONNECTIONS] += 1
         words[at + C_DIAL_MICROS] += int(seconds * 1e6)  # a monotonic span: >= 0
-        words[at + C_DIAL_COUNT] += 1
-        index = bisect.bisect_left(DIAL_BUCKETS, seconds)
+        index = 0 if seconds <= _FIRST_BOUND else bisect.bisect_left(DIAL_BUCKETS, seconds)
         if index < _N_DIAL_BUCKETS:
             words[at + C_DIAL_BUCKET0 + index] += 1
 
@@ -767,7 +773,7 @@ class HealthTable:
             cumulative += self.counter(slot, C_DIAL_BUCKET0 + i, rows=rows)
             buckets.append((bound, cumulative))
         return (buckets, self.counter(slot, C_DIAL_MICROS, rows=rows) / 1e6,
-                self.counter(slot, C_DIAL_COUNT, rows=rows))
+                self.counter(slot, C_CONNECTIONS, rows=rows))
 
 
     # -- load aggregates (design: see the module comment) ---------------------------

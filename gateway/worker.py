@@ -77,7 +77,7 @@ from gateway.endpoints import MAX_ENDPOINTS, Order, RosterEntry
 from gateway import picker
 from gateway.allowlist import AllowList
 from gateway.candidates import Candidates, View
-from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT, C_CONNECTIONS,
+from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT,
                             C_DIAL_FAILURES, G_ACCEPTED, G_DENIED, G_LIMITED, G_OPEN,
                             G_REJECTED, G_SPIN_MICROS, GATEWAY, L_ACCEPTED, L_DENIED, LISTENER0,
                             N_COUNTERS, TLS_CLIENT, TLS_MEMBER, Balance, HealthTable,
@@ -949,14 +949,13 @@ class Worker:
         if self._debug:
             session.peer, session.started = dial.peer, dial.started
         cells, at = self._cells, self._row + slot * N_COUNTERS
-        cells[at + C_CONNECTIONS] += 1
         cells[at + C_ACTIVE] += 1
         now = time.monotonic()
         # alive: timed-out dials started before it are void; one marked down is back
         table = self.table
         if table.note_dial_ok(slot, now, self._suspect_after) and table.mark_up(slot):
             logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
-        table.observe_dial(at, now - dial.started)
+        table.count_connection(at, now - dial.started)
         self.session_count += 1
         handler = session.handler
         if registered:

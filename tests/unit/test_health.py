@@ -123,13 +123,25 @@ def test_last_change_is_recorded_on_transitions():
     assert table.last_change(slot) >= before
 
 
+def test_a_counted_connection_is_also_the_count_of_its_dials_histogram():
+    table = HealthTable()
+    slot = table.publish([ep(1)])[0].slot
+    w = table.claim_worker_slot(1)
+    for seconds in (0.0001, 0.0005, 0.00051, 7.0):  # 0.0005: on the first bound, in it
+        table.count_connection(table.cell(w, slot, 0), seconds)
+    buckets, _, count = table.dial_histogram(slot)
+    assert table.counter(slot, C_CONNECTIONS) == count == 4
+    assert buckets[0] == (0.0005, 2) and buckets[1] == (0.001, 3)
+    assert buckets[-1] == (5.0, 3)  # 7 s: past the last bound, in the count only
+
+
 def test_dial_histogram_is_cumulative_with_sum_and_count():
     from gateway.health import DIAL_BUCKETS
     table = HealthTable()
     slot = table.publish([ep(1)])[0].slot
     w = table.claim_worker_slot(1)
     for seconds in (0.0002, 0.003, 0.003, 0.7, 9.0):
-        table.observe_dial(table.cell(w, slot, 0), seconds)
+        table.count_connection(table.cell(w, slot, 0), seconds)
     buckets, total, count = table.dial_histogram(slot)
     assert count == 5
     assert abs(total - 9.7062) < 1e-3

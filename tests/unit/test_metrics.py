@@ -106,7 +106,7 @@ def gw() -> Gateway:
 
 
 def test_every_series_is_present_and_the_page_parses(gw):
-    gw.table.observe_dial(gw.table.cell(gw.w0, gw.slot(PORTS[0]), 0), 0.002)
+    gw.table.count_connection(gw.table.cell(gw.w0, gw.slot(PORTS[0]), 0), 0.002)
     samples = gw.scrape()
     names = {name for name, _ in samples}
     for name in ENDPOINT_SERIES:
@@ -188,7 +188,7 @@ def test_dial_histogram_is_cumulative_and_inf_equals_count(gw):
     a = PORTS[0]
     durations = [0.0001, 0.0007, 0.003, 0.003, 0.04, 0.3, 2.0, 10.0]  # 10 s: beyond 5 s
     for i, seconds in enumerate(durations):
-        gw.table.observe_dial(gw.table.cell(gw.w0 if i % 2 else gw.w1, gw.slot(a), 0), seconds)
+        gw.table.count_connection(gw.table.cell(gw.w0 if i % 2 else gw.w1, gw.slot(a), 0), seconds)
     samples = gw.scrape()
     name = "etcd_gateway_endpoint_dial_duration_seconds"
     buckets = sorted((float(dict(labels)["le"]), value) for (n, labels), value
@@ -212,7 +212,7 @@ def test_counters_do_not_go_back_when_a_worker_is_replaced(gw):
     gw.add(gw.w1, a, C_CONNECTIONS, 40)
     gw.add(gw.w1, a, C_BYTES_SENT, 1000)
     gw.add(gw.w1, a, C_ACTIVE, 2)
-    gw.table.observe_dial(gw.table.cell(gw.w1, gw.slot(a), 0), 0.01)
+    gw.table.count_connection(gw.table.cell(gw.w1, gw.slot(a), 0), 0.01)
     gw.table.add_at(gw.table.counter_offset(gw.w1, GATEWAY, G_ACCEPTED), 40)
     before = gw.scrape()
     gw.table.release_worker_slot(gw.w1)
