@@ -207,6 +207,8 @@ class Worker:
         self.use_splice = splice_works()
         self.pool = ChannelPool(self.use_splice, call_later=self.loop.call_later)
         self.session_count = 0  # live sessions are the poller's Session callbacks
+        # the dials that wait for an event (a client phase, a connect under way): one
+        # that connects at once never waits, so it never enters (no set add and discard)
         self.dials: set[Dial] = set()
         self._sync_session = self._sync  # one bound method shared by every session
         self._debug = settings.log.debug
@@ -572,9 +574,7 @@ class Worker:
             self._client_hello_timer(dial)
             self._watch_client(dial, READ)
         else:
-            dial = Dial(client, addr, _CONNECTING)
-            self.dials.add(dial)
-            self._start_dial(dial)
+            self._start_dial(Dial(client, addr, _CONNECTING))
 
     def _client_hello_timer(self, dial: Dial) -> None:
         dial.timer = self.loop.call_later(CLIENT_HELLO_TIMEOUT,
@@ -768,6 +768,7 @@ class Worker:
         `_attempt_connected` or `_drop_attempt`)."""
         dial.sock, dial.entry = sock, entry
         self._dialling[entry.slot] += 1
+        self.dials.add(dial)  # it waits now (already in, after a client phase)
 
     def _attempt_connected(self, dial: Dial) -> None:
         """The connect under way (and its TLS handshake) completed: it no longer counts
