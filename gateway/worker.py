@@ -958,15 +958,14 @@ class Worker:
             logger.info("activated", extra=gwlog.fields(address=entry.endpoint.address))
         table.count_connection(at, now - dial.started)
         self.session_count += 1
-        handler = session.handler
         if registered:
             # the upstream is registered for WRITE under the dial's callback: rebind it
             # (begin's registration below, or its own sync, sets the interest it wants)
-            self.loop.rebind(upstream, handler)
+            self.loop.rebind(upstream, session)
         if session.begin():  # it wants FRESH (else it has synced itself)
             loop = self.loop
-            session.cmask = loop.set_interest(session.client, 0, _FRESH_CLIENT, handler)
-            session.umask = loop.set_interest(upstream, registered, _FRESH_MEMBER, handler)
+            session.cmask = loop.set_interest(session.client, 0, _FRESH_CLIENT, session)
+            session.umask = loop.set_interest(upstream, registered, _FRESH_MEMBER, session)
 
     # -- sessions --------------------------------------------------------------------
     def _sync(self, session: Session) -> None:
@@ -977,10 +976,10 @@ class Worker:
         cwant, uwant = session.interest()
         if cwant != session.cmask:  # (set_interest checks too: this saves its call)
             session.cmask = self.loop.set_interest(session.client, session.cmask, cwant,
-                                                   session.handler)
+                                                   session)
         if uwant != session.umask:
             session.umask = self.loop.set_interest(session.upstream, session.umask, uwant,
-                                                   session.handler)
+                                                   session)
 
     def _finish(self, session: Session) -> None:
         """Tear a session down: close both sockets (which removes them from epoll:

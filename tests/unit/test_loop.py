@@ -35,6 +35,37 @@ def test_a_failing_handler_is_reported_and_the_loop_goes_on():
     b.close()
 
 
+class Recorder:
+    """A callback object, as a relay session is: its class defines `__call__`."""
+    __slots__ = ("calls",)
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, fd, mask):
+        self.calls.append((fd, mask))
+
+
+def test_functions_bound_methods_and_objects_with_a_call_method_are_all_called_back():
+    loop = Loop()
+    pairs = [socket.socketpair() for _ in range(3)]
+    fds = [a.fileno() for a, _ in pairs]
+    by_function, by_method, by_object = [], Recorder(), Recorder()
+    loop.add(fds[0], READ, lambda fd, mask: by_function.append((fd, mask)))
+    loop.add(fds[1], READ, by_method.__call__)  # a bound method
+    loop.add(fds[2], READ, by_object)           # the object itself, as a session is
+    for _, b in pairs:
+        b.sendall(b"x")
+    loop.run_once(0.1)
+    assert by_function == [(fds[0], READ)]
+    assert by_method.calls == [(fds[1], READ)]
+    assert by_object.calls == [(fds[2], READ)]
+    loop.close()
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
 def test_a_cancelled_timer_lets_go_of_its_callback_at_once():
     loop = Loop()
     held = _Held()
