@@ -13,10 +13,10 @@ for the sessions' sake: for an object whose class defines `__call__` in Python t
 interpreter then finds that function on the class and calls it with the object
 first, as a method (45 ns, timeit), where calling the object itself goes through the
 type's call slot with an argument tuple built per event (210 ns); and no bound method
-per session is kept to avoid that (one cost 0.13 KiB of RSS per idle connection at
-9,000, `scripts/bench --only idle`). A bound method (the worker's own callbacks, a few
-per connection at most) pays about 120 ns more this way. EPOLLERR/EPOLLHUP are reported as
-READ|WRITE, as selectors does, so errors are learnt from the next read or write.
+per session is kept to avoid that (one cost 64 bytes per session, tracemalloc). A
+bound method (the worker's own callbacks, a few per connection at most) pays about
+120 ns more this way. EPOLLERR/EPOLLHUP are reported as READ|WRITE, as selectors
+does, so errors are learnt from the next read or write.
 An event goes to the registration it was reported for: an fd whose registration an
 earlier callback of the same batch dropped or rebound (`_changed`) gets none of the
 batch's events; level-triggered, a still-ready fd is reported afresh by the next poll,
