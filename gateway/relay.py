@@ -401,12 +401,6 @@ _CLOSED, _RESET, _FAILED, _GATEWAY = End.CLOSED, End.RESET, End.FAILED, End.GATE
 FRESH = (READ, READ)  # `Session.interest()` while no direction has bytes in flight or is done
 
 
-def session_of(callback: object) -> "Session | None":
-    """The session the poller holds as `callback` (a session registers itself); None
-    for any other callback."""
-    return callback if isinstance(callback, Session) else None
-
-
 class Session:
     """A client connection relayed to one member, over two socket fds it owns.
     States: relaying (`ended` None) -> ended (an `End`, and `why` in words): finished

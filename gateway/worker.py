@@ -84,7 +84,7 @@ from gateway.health import (C_ACTIVE, C_BYTES_RECEIVED, C_BYTES_SENT,
                             tls_counter)
 from gateway.listeners import Kind, Listener
 from gateway.loop import EXCLUSIVE, READ, WRITE, Loop, Timer
-from gateway.relay import (FRESH, ChannelPool, End, Session, close_fd, session_of, socket_for,
+from gateway.relay import (FRESH, ChannelPool, End, Session, close_fd, socket_for,
                            splice_works)
 from gateway.tlsleg import TlsLeg, describe_failure, failure_reason, server_name
 
@@ -153,7 +153,7 @@ class Dial:
     the attempt under way; `ctls`/`utls` are its TLS legs once they exist. It lives
     only while the client waits for a member, so its fields start as class
     defaults: a dial that connects at once sets only what it uses."""
-    candidates: list[RosterEntry]   # set by _start_dial; read-only (a view's own list)
+    candidates: list[RosterEntry]   # set by _start_dial; read-only (maybe a view's own list)
     next = 0
     sock: _socket.socket | None = None
     entry: RosterEntry | None = None
@@ -274,15 +274,14 @@ class Worker:
     def _handler_failed(self, callback: object, exc: BaseException) -> None:
         """A bug in an event handler: log it; if it was a session's, close that session
         (its state is unknown), and keep serving every other connection."""
-        session = session_of(callback)
-        where = {"session": repr(session)} if session is not None else {}
+        where = {"session": repr(callback)} if isinstance(callback, Session) else {}
         logger.error("event handler failed", exc_info=exc,
                      extra=gwlog.fields(worker=self.index,
                                         handler=gwlog.handler_name(callback), **where))
-        if session is not None and session.client >= 0:
-            session.end(End.FAILED, repr(exc))
+        if isinstance(callback, Session) and callback.client >= 0:
+            callback.end(End.FAILED, repr(exc))
             try:
-                self._finish(session)
+                self._finish(callback)
             except Exception:  # noqa: BLE001 - the session is beyond saving
                 logger.exception("cannot close a failed session")
 
@@ -1011,9 +1010,8 @@ class Worker:
         its sockets while it lives): no separate set to keep per connection."""
         seen: dict[int, Session] = {}
         for callback in self.loop.registered():
-            session = session_of(callback)
-            if session is not None:
-                seen[id(session)] = session
+            if isinstance(callback, Session):  # a session registers itself
+                seen[id(callback)] = callback
         return list(seen.values())
 
     def _flush_bytes(self, session: Session) -> bool:
