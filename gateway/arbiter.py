@@ -116,6 +116,7 @@ class Arbiter:
         self._quitting = False
         self._listener_gen = 0
         self._fork_retry: Timer | None = None
+        self._load_timer: Timer | None = None  # the next load refresh (`_refresh_load`)
         self._no_slot_log = gwlog.Throttle(10.0)
         self._last_watch = 0.0
         self.resolver = resolver.Resolver(self.loop, self.table, self.config,
@@ -163,7 +164,6 @@ class Arbiter:
         self.table.publish(endpoints, policy)
         self.resolver.remember_marks()
         self._set_load_policy(self.config)
-        self._refresh_load()
         self.table.set_retry_delay(self.config.retry_delay)
         self._first_checks()  # still start-up: signals are held (earlysignals.py)
         self.loop.handle_signals(HANDLED, self._on_signal)
@@ -299,17 +299,22 @@ class Arbiter:
     def _set_load_policy(self, config: gwconfig.Config) -> None:
         """Publish the limit and the balance policy, the load aggregates refreshed
         first: a policy that starts reading them now (a reload) must not read old
-        ones, not even between the two writes."""
+        ones, not even between the two writes. A policy that reads them starts the
+        refresh timer (`_refresh_load`) if it is not running."""
         self.table.refresh_load()
         self.table.set_load_policy(config.max_connections, _BALANCES[config.balance])
+        if self._load_timer is None and self.table.load_needed():
+            self._load_timer = self.loop.call_later(LOAD_REFRESH, self._refresh_load)
 
     def _refresh_load(self) -> None:
         """The load aggregates the workers read per accept (health.py), every
-        LOAD_REFRESH while a policy reads them (`load_needed`); the timer runs for
-        the master's whole life."""
+        LOAD_REFRESH while a policy reads them (`load_needed`). Without one the timer
+        lapses, and an idle master does not wake 20 times a second for nothing; a
+        reload that sets such a policy starts it again (`_set_load_policy`)."""
+        self._load_timer = None
         if self.table.load_needed():
             self.table.refresh_load()
-        self.loop.call_later(LOAD_REFRESH, self._refresh_load)
+            self._load_timer = self.loop.call_later(LOAD_REFRESH, self._refresh_load)
 
     def _worker_settings(self) -> WorkerSettings:
         c = self.config

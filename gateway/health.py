@@ -20,9 +20,9 @@ writer or tolerates racing writers that write the same kind of value:
   for a flush (a reader sees it at once);
 - load aggregates (see `refresh_load`): least-connections and --max-connections need
   the relayed connections of every worker, but a sum over the matrix per accept would
-  cost O(workers x members). So the master, on a short timer (LOAD_REFRESH) and only
-  while one of those two policies is set (`load_needed`; the refresh is the idle
-  master's largest cost, about 1% of a CPU at 20 per second), sums the
+  cost O(workers x members). So the master, on a short timer (LOAD_REFRESH) that runs
+  only while one of those two policies is set (`load_needed`; at 20 wake-ups per
+  second it was the idle master's largest cost, about 0.5% of a CPU), sums the
   live workers' `C_ACTIVE` cells per endpoint and their `G_OPEN` cells into one
   aggregate row, and records beside it, per worker, the exact values it summed for
   that worker ("seen"), all under a seqlock. A worker's estimate of a count is then

@@ -195,15 +195,22 @@ class Resolver:
     def running(self) -> bool:
         return self._child is not None and self._child.running
 
+    @property
+    def watching(self) -> bool:
+        """True while the watch for members reached by name runs (`_schedule_watch`)."""
+        return self._watch_timer is not None
+
     def start(self) -> None:
         """Begin the periodic lookups and the watch for members reached by name."""
         self._schedule_period()
-        self._watch_timer = self.loop.call_later(WATCH, self._watch)
+        self._schedule_watch()
 
     def configure(self, config: Config) -> None:
-        """A new configuration (reload): its period applies from now."""
+        """A new configuration (reload): its period applies from now, and the watch
+        runs if it names members."""
         self.config = config
         self._schedule_period()
+        self._schedule_watch()
 
     def lookup_now(self) -> None:
         """Look up at once (SIGHUP); a lookup still running is cancelled first."""
@@ -252,10 +259,22 @@ class Resolver:
         if not self.running:
             self._start()  # a slow lookup is left to finish, not restarted
 
+    def _schedule_watch(self) -> None:
+        """Run the watch (`_watch`) every WATCH while the configuration names members;
+        with IP literals or SRV only, it has nothing to look for and does not run (an
+        idle master does not wake for it). A watch that starts again counts only the
+        failures from then on."""
+        if self._watch_timer is None and not self._closed and discovery.names(self.config):
+            self.remember_marks()
+            self._watch_timer = self.loop.call_later(WATCH, self._watch)
+
     def _watch(self) -> None:
         """Look for a member reached by name newly marked down."""
-        self._watch_timer = self.loop.call_later(WATCH, self._watch)
+        self._watch_timer = None
         named = set(discovery.names(self.config))
+        if not named:
+            return  # a reload left only IP literals (or SRV): see _schedule_watch
+        self._watch_timer = self.loop.call_later(WATCH, self._watch)
         seen: dict[int, tuple[tuple, float]] = {}
         failed = []
         for entry in self.table.roster():

@@ -64,3 +64,28 @@ def test_a_policy_set_by_a_reload_reads_fresh_aggregates_at_once(make_arbiter):
     argv = ["--endpoints=127.0.0.1:2379", "--max-connections=100"]
     master._set_load_policy(config.load(argv, {}))        # what a reload applies
     assert master.table.open_connections(me, own=0) == 5  # before the next period
+
+
+def test_without_a_policy_that_reads_them_the_master_sets_no_refresh_timer(make_arbiter):
+    master = make_arbiter()
+    master._set_load_policy(master.config)
+    assert master._load_timer is None  # an idle master does not wake for it
+
+
+def test_a_reload_that_sets_such_a_policy_starts_the_refresh_timer(make_arbiter):
+    master = make_arbiter()
+    master._set_load_policy(master.config)
+    argv = ["--endpoints=127.0.0.1:2379", "--balance=least-connections"]
+    master._set_load_policy(config.load(argv, {}))
+    assert master._load_timer is not None
+
+
+def test_the_refresh_timer_lapses_once_a_reload_drops_the_policy(make_arbiter):
+    master = make_arbiter("--max-connections=100")
+    master._set_load_policy(master.config)
+    timer = master._load_timer
+    assert timer is not None
+    master._set_load_policy(config.load(["--endpoints=127.0.0.1:2379"], {}))
+    assert master._load_timer is timer   # one timer, never two
+    master._refresh_load()               # its next run
+    assert master._load_timer is None

@@ -68,3 +68,27 @@ def test_a_lookup_child_works_while_the_log_goes_to_a_file(tmp_path):
         assert got[0].unresolved == [f"{TOO_LONG}:2379"]
     finally:
         gwlog.setup(gwlog.Settings("info", "json", ""))
+
+
+def test_ip_literals_only_leave_the_watch_for_failed_named_members_off():
+    loop = Loop()
+    r = resolver.Resolver(loop, HealthTable(max_workers=2),
+                          load("--endpoints", "127.0.0.1:2379"), lambda c, a: None, ())
+    r.start()
+    assert not r.watching  # nothing to watch: an idle master does not wake for it
+    r.close()
+
+
+def test_a_reload_that_names_members_starts_the_watch_and_one_that_drops_them_stops_it():
+    loop = Loop()
+    r = resolver.Resolver(loop, HealthTable(max_workers=2),
+                          load("--endpoints", "127.0.0.1:2379"), lambda c, a: None, ())
+    r.start()
+    r.configure(load("--endpoints", "localhost:2379"))
+    assert r.watching
+    r.configure(load("--endpoints", "127.0.0.1:2379"))
+    deadline = time.monotonic() + 5
+    while r.watching:  # its next run finds nothing named and does not come again
+        assert time.monotonic() < deadline, "the watch still runs"
+        loop.run_once(resolver.WATCH)
+    r.close()
