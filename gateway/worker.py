@@ -261,8 +261,9 @@ class Worker:
         self.loop.call_later(TICK, self._tick)
         logger.debug("worker started", extra=gwlog.fields(worker=self.index,
                                                            splice=self.use_splice))
+        run_once = self.loop.run_once
         while self.state is not _STOPPED:
-            self.loop.run_once(TICK)
+            run_once(TICK)
         self._close_all()
         self._flush_spin()
         return 0

@@ -1,6 +1,7 @@
 """The event loop: dispatch, timers, and containment of a failing handler."""
 import errno
 import os
+import signal
 import socket
 import threading
 import time
@@ -75,6 +76,33 @@ def test_a_cancelled_timer_lets_go_of_its_callback_at_once():
     assert ref() is not None, "the pending timer holds its callback"
     timer.cancel()
     assert ref() is None, "the cancelled timer, still in the heap, let go of it"
+    loop.close()
+
+
+def test_a_timer_runs_once_its_deadline_passes_and_not_before():
+    loop, ran = Loop(), []
+    loop.call_later(0.05, lambda: ran.append(time.monotonic()))
+    began = time.monotonic()
+    loop.run_once(0)
+    assert ran == []
+    loop.run_once(10.0)  # the poll waits for the timer, not for max_wait
+    assert len(ran) == 1 and 0.05 <= ran[0] - began < 5.0
+    loop.close()
+
+
+def test_an_overdue_timer_makes_the_next_poll_return_at_once():
+    def hung(signum, frame):
+        raise TimeoutError("the poll waited for ever: a negative timeout")
+    previous = signal.signal(signal.SIGALRM, hung)
+    loop, ran = Loop(), []
+    loop.call_later(-1.0, lambda: ran.append(True))
+    signal.alarm(5)
+    try:
+        loop.run_once(30.0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert ran == [True]
     loop.close()
 
 
