@@ -112,6 +112,7 @@ class Loop:
                  busy_poll: float = 0.0) -> None:
         self._epoll = select.epoll()
         self._spin = SpinWindow(busy_poll)  # --busy-poll: the spin after a busy turn
+        self._spins = busy_poll > 0   # a busy turn is followed by a spin
         self.spun = 0.0               # seconds spent spinning so far (a counter)
         self._busy = False            # the last turn handled events
         self._callbacks: dict[int, Callback] = {}
@@ -235,7 +236,7 @@ class Loop:
             events = self._spin_then_poll(max_wait)
         else:
             events = self._epoll.poll(self._timeout(max_wait), _MAX_EVENTS)
-        self._busy = bool(events) and self._spin.longest > 0
+        self._busy = self._spins if events else False  # (no bool(): see _timeout)
         changed = self._changed
         if changed:
             changed.clear()  # what changed before this poll, this poll has seen
