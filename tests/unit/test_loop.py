@@ -81,8 +81,8 @@ def test_a_cancelled_timer_lets_go_of_its_callback_at_once():
 
 def test_a_timer_runs_once_its_deadline_passes_and_not_before():
     loop, ran = Loop(), []
+    began = time.monotonic()  # before the timer's deadline is set from the clock
     loop.call_later(0.05, lambda: ran.append(time.monotonic()))
-    began = time.monotonic()
     loop.run_once(0)
     assert ran == []
     loop.run_once(10.0)  # the poll waits for the timer, not for max_wait

@@ -77,6 +77,7 @@ def test_ip_literals_only_leave_the_watch_for_failed_named_members_off():
     r.start()
     assert not r.watching  # nothing to watch: an idle master does not wake for it
     r.close()
+    loop.close()
 
 
 def test_a_reload_that_names_members_starts_the_watch_and_one_that_drops_them_stops_it():
@@ -92,3 +93,4 @@ def test_a_reload_that_names_members_starts_the_watch_and_one_that_drops_them_st
         assert time.monotonic() < deadline, "the watch still runs"
         loop.run_once(resolver.WATCH)
     r.close()
+    loop.close()
