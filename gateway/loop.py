@@ -257,12 +257,11 @@ class Loop:
     def _spin_then_poll(self, max_wait: float) -> list[tuple[int, int]]:
         """The turn after a busy one, with --busy-poll: spin for the window, then
         sleep as usual; the wait seen adapts the window for the next time."""
-        monotonic = time.monotonic
-        began = monotonic()
+        began = _monotonic()
         events = self._spin_for(began) if self._spin.window else None
         if not events:
             events = self._epoll.poll(self._timeout(max_wait), _MAX_EVENTS)
-            self._spin.slept(monotonic() - began, bool(events))
+            self._spin.slept(_monotonic() - began, True if events else False)
         return events
 
     def _spin_for(self, began: float) -> list[tuple[int, int]]:
