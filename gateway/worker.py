@@ -275,14 +275,15 @@ class Worker:
     def _handler_failed(self, callback: object, exc: BaseException) -> None:
         """A bug in an event handler: log it; if it was a session's, close that session
         (its state is unknown), and keep serving every other connection."""
-        where = {"session": repr(callback)} if isinstance(callback, Session) else {}
+        session = callback if isinstance(callback, Session) else None
+        where = {"session": repr(session)} if session is not None else {}
         logger.error("event handler failed", exc_info=exc,
                      extra=gwlog.fields(worker=self.index,
                                         handler=gwlog.handler_name(callback), **where))
-        if isinstance(callback, Session) and callback.client >= 0:
-            callback.end(End.FAILED, repr(exc))
+        if session is not None and session.client >= 0:
+            session.end(End.FAILED, repr(exc))
             try:
-                self._finish(callback)
+                self._finish(session)
             except Exception:  # noqa: BLE001 - the session is beyond saving
                 logger.exception("cannot close a failed session")
 
