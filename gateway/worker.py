@@ -28,7 +28,9 @@ Accepting is a small state machine (`Accepting`): OPEN (every listener registere
 FULL (--max-connections reached across all workers: listeners unregistered, so new
 clients wait in the kernel's backlog; re-checked every LIMIT_RECHECK and whenever one
 of this worker's clients goes), NO_FDS (EMFILE, or a listener the kernel could not
-take back: resumed after ACCEPT_PAUSE) and CLOSED
+take back: resumed after ACCEPT_PAUSE), YIELDED (a worker that holds twice the
+clients another holds, in a burst of new ones, leaves the rest of the burst to it:
+resumed after YIELD_PAUSE, at most once a tick; see _yield_at) and CLOSED
 (draining). The count is checked before each accept: the worker's own clients
 (dialling or relayed) exactly, the other workers' as of the master's last load refresh
 (health.py). With --balance least-connections the candidates are ordered by the
@@ -97,6 +99,8 @@ SNIFF_RETRY_MAX = 0.5    # doubled at each look up to this (a client that stalls
 LIMIT_RECHECK = 0.05     # seconds between checks while --max-connections is reached
 TICK = 0.5               # parent check and counter flush period
 REQUEUE_MARGIN = 2       # clients more than another worker holds: step to the back
+YIELD_FROM = 3           # clients held before a worker may yield (see _yield_at)
+YIELD_PAUSE = 0.005      # seconds a worker far ahead of another stops accepting
 _NONBLOCKING_ON = b"\x01\0\0\0"  # FIONBIO's int argument: non-blocking on
 _H2_PREFACE = b"PRI "    # how an HTTP/2 client (gRPC) starts: "PRI * HTTP/2.0"
 
@@ -112,6 +116,7 @@ class Accepting(enum.Enum):
     OPEN = "open"
     FULL = "full"            # --max-connections reached
     NO_FDS = "no_fds"        # EMFILE/ENFILE: a short pause
+    YIELDED = "yielded"      # far ahead of another worker: a short pause, once a tick
     CLOSED = "closed"        # draining: the listeners are closed
 
 logger = gwlog.get("worker")
@@ -142,6 +147,7 @@ class DialPhase(enum.Enum):
 # member read through its enum class costs about 180 ns on Python 3.11)
 _SERVING, _DRAINING, _STOPPED = State.SERVING, State.DRAINING, State.STOPPED
 _OPEN, _FULL = Accepting.OPEN, Accepting.FULL
+_NEVER = 1 << 62         # a count of clients no worker reaches (_yield_at off)
 _CONNECTING, _MEMBER_HANDSHAKE = DialPhase.CONNECTING, DialPhase.MEMBER_HANDSHAKE
 _UNIX = Kind.UNIX
 _FRESH_CLIENT, _FRESH_MEMBER = FRESH
@@ -230,6 +236,7 @@ class Worker:
         self._limited_at = table.cell(index, GATEWAY, G_LIMITED)
         self._spin_at = table.cell(index, GATEWAY, G_SPIN_MICROS)
         self._peer_open_at: list[int] = []  # the other workers' G_OPEN cells (_find_peers)
+        self._may_yield = False  # no yield yet this tick (_yield_at); set by _find_peers
         self._emfile_log = gwlog.Throttle()
         self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
@@ -444,6 +451,7 @@ class Worker:
         if limit and others + self._open_count() >= limit:
             self._limit_reached()
             return
+        yield_at = self._yield_at(held) if self._may_yield else _NEVER
         for client, addr in accept_batch(door.sock._accept,  # type: ignore[attr-defined]
                                          ACCEPT_BATCH, self._out_of_descriptors,
                                          self._accept_failed):
@@ -453,6 +461,8 @@ class Worker:
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, nonblocking_on)
             self._admit(client, door.label if unix else addr)
+            if self._open_count() >= yield_at and self._accepting is _OPEN:
+                self._yield_accepting(yield_at)
             if self.state is not _SERVING or self._accepting is not _OPEN:
                 break
             if limit and others + self._open_count() >= limit:
@@ -493,6 +503,42 @@ class Worker:
         table = self.table
         self._peer_open_at = [table.cell(index, GATEWAY, G_OPEN)
                               for index in table.live_workers() if index != self.index]
+        self._may_yield = bool(self._peer_open_at)
+
+    def _yield_at(self, held: int) -> int:
+        """The count of clients at which this worker stops accepting for a moment:
+        twice what the worker holding fewest holds, and at least REQUEUE_MARGIN more,
+        and at least YIELD_FROM. A burst of clients that connect together (a pool
+        opening its connections, iperf3's streams) finds one worker awake, busy
+        polling or relaying, and the kernel's line orders only the workers asleep:
+        that one would take the whole burst in a batch or two, and long-lived
+        connections would stay piled there (bulk 8 streams all on one worker cost
+        0.39-0.49 s of CPU per GB, split 0.20-0.39). Far ahead, it unregisters its
+        listeners for YIELD_PAUSE (YIELDED), and the other worker, which the kernel
+        told of the same clients, takes them. At most once a tick (_find_peers
+        allows it again), so a peer that is stopped, or not accepting, delays this
+        one's accepts by YIELD_PAUSE a tick at most; steady traffic, which keeps the
+        workers within a few clients of each other, seldom reaches it."""
+        floor = held
+        cells = self._cells
+        for at in self._peer_open_at:
+            if cells[at] < floor:
+                floor = cells[at]
+        return max(2 * floor, floor + REQUEUE_MARGIN, YIELD_FROM)
+
+    def _yield_accepting(self, threshold: int) -> None:
+        """Far ahead of another worker (_yield_at): pause accepting for YIELD_PAUSE."""
+        self._may_yield = False
+        self._set_accepting(Accepting.YIELDED)
+        self.loop.call_later(YIELD_PAUSE, self._end_yield)
+        if self._debug:
+            logger.debug("far ahead of another worker: pausing accept", extra=gwlog.fields(
+                worker=self.index, connections=self._open_count(), threshold=threshold,
+                pause=YIELD_PAUSE))
+
+    def _end_yield(self) -> None:
+        if self._accepting is Accepting.YIELDED:
+            self._resume_accepting()
 
     def _sweep_listeners(self) -> None:
         """Accept what waits, once a tick, without being woken. With EPOLLEXCLUSIVE a

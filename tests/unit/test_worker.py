@@ -13,7 +13,8 @@ from gateway.health import C_ACTIVE, HealthTable
 from gateway.listeners import open_listener
 from gateway.relay import Session
 from gateway.accept import ACCEPT_PAUSE
-from gateway.worker import REQUEUE_MARGIN, Accepting, State, Worker, WorkerSettings
+from gateway.worker import (REQUEUE_MARGIN, YIELD_PAUSE, Accepting, State, Worker,
+                            WorkerSettings)
 
 SETTINGS = WorkerSettings(dial_timeout=1.0, dial_total_timeout=10.0, timeout_fall=2,
                           shutdown_timeout=5.0,
@@ -105,9 +106,11 @@ def _worker_beside_another(held: int) -> Iterator[Worker]:
 
 
 def _accepts_one_holding(held: int) -> list[int]:
-    """A worker holding `held` clients (another worker holds none) accepts one more:
-    the fds it stepped back in line for."""
+    """A worker holding `held` clients (another worker holds none), its pause of this
+    tick already spent (see the yield tests below), accepts one more: the fds it
+    stepped back in line for."""
     with _worker_beside_another(held) as worker:
+        worker._may_yield = False
         requeued: list[int] = []
         requeue = worker.loop.requeue
         worker.loop.requeue = (  # type: ignore[method-assign]
@@ -131,6 +134,7 @@ def test_a_worker_two_clients_ahead_of_another_steps_to_the_back_of_the_line():
 def test_a_listener_the_kernel_cannot_take_back_pauses_accepting_then_is_registered_again():
     # it holds REQUEUE_MARGIN more than the other: it requeues after accepting
     with _worker_beside_another(REQUEUE_MARGIN) as worker:
+        worker._may_yield = False  # its pause of this tick spent: it requeues
         listener_fd = worker.listeners[0].fileno()
         epoll = worker.loop._epoll
         worker.loop._epoll = _RegisterFailsOnce(epoll, listener_fd)  # type: ignore[assignment]
@@ -146,3 +150,53 @@ def test_a_listener_the_kernel_cannot_take_back_pauses_accepting_then_is_registe
             assert worker.loop.watching(listener_fd)
         finally:
             worker.loop._epoll = epoll
+
+
+def _run_until_accepting(worker: Worker, within: float) -> None:
+    deadline = time.monotonic() + within
+    while worker._accepting != Accepting.OPEN:
+        assert time.monotonic() < deadline, f"still {worker._accepting} after {within}s"
+        worker.loop.run_once(0.05)
+
+
+def test_a_worker_that_comes_to_hold_three_clients_beside_one_holding_none_pauses_accepting():
+    # a burst of long-lived clients (a pool opening its connections) would otherwise
+    # pile up on the one worker that is awake
+    with _worker_beside_another(2) as worker:
+        listener_fd = worker.listeners[0].fileno()
+        worker.loop.run_once(0.5)
+        assert worker.session_count == 3
+        assert worker._accepting == Accepting.YIELDED
+        assert not worker.loop.watching(listener_fd)  # the other worker takes the next
+
+
+def test_a_paused_worker_accepts_again_after_the_pause():
+    with _worker_beside_another(2) as worker:
+        listener_fd = worker.listeners[0].fileno()
+        worker.loop.run_once(0.5)
+        assert worker._accepting == Accepting.YIELDED
+        _run_until_accepting(worker, YIELD_PAUSE + 1.0)
+        assert worker.loop.watching(listener_fd)
+
+
+def test_a_worker_pauses_accepting_at_most_once_a_tick():
+    # a peer that holds few clients because it is stopped, or not accepting, must not
+    # hold this one's accepts back more than one pause a tick
+    with _worker_beside_another(2) as worker:
+        worker.loop.run_once(0.5)
+        _run_until_accepting(worker, YIELD_PAUSE + 1.0)
+        another = socket.create_connection(worker.listeners[0].sock.getsockname(), timeout=5)
+        try:
+            another.sendall(b"x")
+            worker.loop.run_once(0.5)
+            assert worker.session_count == 4
+            assert worker._accepting == Accepting.OPEN
+        finally:
+            another.close()
+
+
+def test_a_worker_holding_two_clients_beside_one_holding_none_does_not_pause():
+    with _worker_beside_another(1) as worker:
+        worker.loop.run_once(0.5)
+        assert worker.session_count == 2
+        assert worker._accepting == Accepting.OPEN
