@@ -3,9 +3,11 @@ spread over the workers, whether they connect one after another or all at once
 (gateway/worker.py), seen from outside on the real binary.
 That a stopped worker strands no client with it is shown by
 tests/integration/test_watchdog.py (a SIGSTOPped worker, --worker-timeout=0)."""
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -78,55 +80,55 @@ def clients_per_worker(gw, port: int) -> list[int]:
     return counts
 
 
+@contextlib.contextmanager
+def two_workers_seeing_each_other(gateway_factory, *flags: str
+                                  ) -> Iterator[tuple[object, int, list[socket.socket]]]:
+    """A gateway of two workers in front of an echo server, each worker having seen
+    the other (Worker._find_peers, per tick): (the gateway, its port, a list for the
+    test's clients, closed at the end)."""
+    port, = free_ports(1)
+    clients: list[socket.socket] = []
+    with EchoServer() as echo:
+        gw = gateway_factory([f"--listen-addr=127.0.0.1:{port}", f"--endpoints={echo.addr}",
+                              "--workers=2", "--health-check=none", *flags])
+        wait_until(lambda: len(gw.worker_pids()) == 2, 10, "2 workers never came up")
+        time.sleep(2.5 * TICK)
+        try:
+            yield gw, port, clients
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_long_lived_clients_opened_one_after_another_are_spread_over_the_workers(
         gateway_factory):
     # the kernel wakes the first worker asleep in the listener's line, the same one
     # each time: a worker that holds more clients than another steps to the back.
     # No busy polling: a worker spinning is not asleep, and may take the next client
     # whatever the line's order
-    port, = free_ports(1)
-    clients: list[socket.socket] = []
-    with EchoServer() as echo:
-        gw = gateway_factory([f"--listen-addr=127.0.0.1:{port}", f"--endpoints={echo.addr}",
-                              "--workers=2", "--health-check=none", "--busy-poll=0"])
-        wait_until(lambda: len(gw.worker_pids()) == 2, 10, "2 workers never came up")
-        time.sleep(2.5 * TICK)  # each worker has seen the other (Worker._find_peers, per tick)
-        try:
-            for _ in range(8):  # one at a time, each relayed before the next connects
-                client = socket.create_connection(("127.0.0.1", port), timeout=10)
-                clients.append(client)
-                client.sendall(b"x")
-                assert client.recv(1) == b"x"
-            counts = clients_per_worker(gw, port)
-            assert sum(counts) == 8 and min(counts) >= 3, counts
-        finally:
-            for client in clients:
-                client.close()
+    with two_workers_seeing_each_other(gateway_factory, "--busy-poll=0") as (gw, port, clients):
+        for _ in range(8):  # one at a time, each relayed before the next connects
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            clients.append(client)
+            client.sendall(b"x")
+            assert client.recv(1) == b"x"
+        counts = clients_per_worker(gw, port)
+        assert sum(counts) == 8 and min(counts) >= 3, counts
 
 
 def test_long_lived_clients_opened_all_at_once_are_spread_over_the_workers(gateway_factory):
     # a pool opening its connections together (iperf3's streams, an application's
     # gRPC channels at start): the worker that is awake, busy polling (the default),
     # would take the whole burst; one far ahead of the other pauses its accepts
-    port, = free_ports(1)
-    clients: list[socket.socket] = []
-    with EchoServer() as echo:
-        gw = gateway_factory([f"--listen-addr=127.0.0.1:{port}", f"--endpoints={echo.addr}",
-                              "--workers=2", "--health-check=none"])
-        wait_until(lambda: len(gw.worker_pids()) == 2, 10, "2 workers never came up")
-        time.sleep(2.5 * TICK)  # each worker has seen the other (Worker._find_peers, per tick)
-        try:
-            for _ in range(12):  # every connect started before any is relayed
-                client = socket.socket()
-                client.setblocking(False)
-                client.connect_ex(("127.0.0.1", port))
-                clients.append(client)
-            for client in clients:
-                client.settimeout(10)
-                client.sendall(b"x")
-                assert client.recv(1) == b"x"
-            counts = clients_per_worker(gw, port)
-            assert sum(counts) == 12 and min(counts) >= 3, counts
-        finally:
-            for client in clients:
-                client.close()
+    with two_workers_seeing_each_other(gateway_factory) as (gw, port, clients):
+        for _ in range(12):  # every connect started before any is relayed
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+            clients.append(client)
+        for client in clients:
+            client.settimeout(10)
+            client.sendall(b"x")
+            assert client.recv(1) == b"x"
+        counts = clients_per_worker(gw, port)
+        assert sum(counts) == 12 and min(counts) >= 3, counts
