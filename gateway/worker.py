@@ -28,9 +28,9 @@ Accepting is a small state machine (`Accepting`): OPEN (every listener registere
 FULL (--max-connections reached across all workers: listeners unregistered, so new
 clients wait in the kernel's backlog; re-checked every LIMIT_RECHECK and whenever one
 of this worker's clients goes), NO_FDS (EMFILE, or a listener the kernel could not
-take back: resumed after ACCEPT_PAUSE), YIELDED (a worker that holds twice the
-clients another holds, in a burst of new ones, leaves the rest of the burst to it:
-resumed after YIELD_PAUSE, at most once a tick; see _yield_at) and CLOSED
+take back, then or at a resume: resumed after ACCEPT_PAUSE), YIELDED (a worker
+whose accepts take it to twice the clients another holds leaves the rest of a burst
+to it: resumed after YIELD_PAUSE, at most once a tick; see _yield_at) and CLOSED
 (draining). The count is checked before each accept: the worker's own clients
 (dialling or relayed) exactly, the other workers' as of the master's last load refresh
 (health.py). With --balance least-connections the candidates are ordered by the
@@ -384,22 +384,36 @@ class Worker:
         """Enter `state`: listeners registered in OPEN only."""
         want = state == Accepting.OPEN
         if want != self._registered:
-            for fd in self._doors:
-                if want:  # EXCLUSIVE: one waker per connection (see loop.py)
-                    self.loop.add(fd, READ | EXCLUSIVE, self._on_acceptable)
-                elif self.loop.watching(fd):  # not if a requeue lost it (_on_acceptable)
-                    self.loop.remove(fd)
+            if want:
+                added: list[int] = []
+                try:
+                    for fd in self._doors:  # EXCLUSIVE: one waker per connection (loop.py)
+                        self.loop.add(fd, READ | EXCLUSIVE, self._on_acceptable)
+                        added.append(fd)
+                except OSError:  # all or none: the caller waits and tries them all again
+                    for fd in added:
+                        self.loop.remove(fd)
+                    raise
+            else:
+                for fd in self._doors:
+                    if self.loop.watching(fd):  # not if a requeue lost it (_on_acceptable)
+                        self.loop.remove(fd)
             self._registered = want
         self._accepting = state
 
     def _resume_accepting(self) -> None:
-        """Open the listeners again, unless draining or still at the limit."""
+        """Open the listeners again, unless draining or still at the limit; if the
+        kernel will not take them back (ENOMEM, ENOSPC: the watch limit), wait as for
+        EMFILE and try again."""
         if self.state != State.SERVING:
             return
         if self._at_limit():
             self._limit_reached()
-        else:
+            return
+        try:
             self._set_accepting(Accepting.OPEN)
+        except OSError as exc:
+            self._wait_to_accept(exc, "cannot wait on the listeners again: pausing accept")
 
     def _open_count(self) -> int:
         """Clients this worker holds: dialling or relayed."""
@@ -443,7 +457,7 @@ class Worker:
         unix = door.kind is _UNIX
         accepted = 0
         nonblocking_on = self._nonblocking_on
-        held = self._open_count()  # before this batch (see _ahead_of_another)
+        held = self._open_count()  # before this batch (see _ahead_of_another, _yield_at)
         # --max-connections: the other workers' clients as of the master's last refresh
         # (they do not change within this batch), this worker's own counted exactly
         limit = self.table.max_connections
@@ -461,7 +475,7 @@ class Worker:
             accepted += 1
             fcntl.ioctl(client, termios.FIONBIO, nonblocking_on)
             self._admit(client, door.label if unix else addr)
-            if self._open_count() >= yield_at and self._accepting is _OPEN:
+            if held + accepted >= yield_at and self._accepting is _OPEN:
                 self._yield_accepting(yield_at)
             if self.state is not _SERVING or self._accepting is not _OPEN:
                 break
@@ -499,16 +513,21 @@ class Worker:
 
     def _find_peers(self) -> None:
         """The other live workers' open-client cells (refreshed each tick: a worker
-        replaced in between reads as 0 until then, which only moves this one back)."""
+        replaced in between reads as 0 until then, which only moves this one back);
+        and a pause of this tick allowed again (_yield_at)."""
         table = self.table
         self._peer_open_at = [table.cell(index, GATEWAY, G_OPEN)
                               for index in table.live_workers() if index != self.index]
         self._may_yield = bool(self._peer_open_at)
 
     def _yield_at(self, held: int) -> int:
-        """The count of clients at which this worker stops accepting for a moment:
-        twice what the worker holding fewest holds, and at least REQUEUE_MARGIN more,
-        and at least YIELD_FROM. A burst of clients that connect together (a pool
+        """The count of clients at which this worker, holding `held`, stops accepting
+        for a moment: twice what the other worker holding fewest holds, at least
+        REQUEUE_MARGIN more, and at least YIELD_FROM; only when this batch's accepts
+        would cross it (_NEVER if `held` is there already: a spread that is uneven
+        and steady, long-lived clients that came earlier, is the requeue's to work on,
+        and a peer draining after a reload, still counted but never accepting, meets
+        at most one pause). A burst of clients that connect together (a pool
         opening its connections, iperf3's streams) finds one worker awake, busy
         polling or relaying, and the kernel's line orders only the workers asleep:
         that one would take the whole burst in a batch or two, and long-lived
@@ -518,13 +537,18 @@ class Worker:
         told of the same clients, takes them. At most once a tick (_find_peers
         allows it again), so a peer that is stopped, or not accepting, delays this
         one's accepts by YIELD_PAUSE a tick at most; steady traffic, which keeps the
-        workers within a few clients of each other, seldom reaches it."""
-        floor = held
+        workers within a few clients of each other, seldom crosses it."""
+        floor = _NEVER
         cells = self._cells
         for at in self._peer_open_at:
             if cells[at] < floor:
                 floor = cells[at]
-        return max(2 * floor, floor + REQUEUE_MARGIN, YIELD_FROM)
+        threshold = 2 * floor  # max() by hand: see Loop._timeout
+        if threshold < floor + REQUEUE_MARGIN:
+            threshold = floor + REQUEUE_MARGIN
+        if threshold < YIELD_FROM:
+            threshold = YIELD_FROM
+        return threshold if held < threshold else _NEVER
 
     def _yield_accepting(self, threshold: int) -> None:
         """Far ahead of another worker (_yield_at): pause accepting for YIELD_PAUSE."""
@@ -578,6 +602,11 @@ class Worker:
         register every listener again; say `message` at most once a second."""
         if self._accepting != Accepting.OPEN:
             return  # already paused (or closed): one pause at a time
+        self._wait_to_accept(exc, message)
+
+    def _wait_to_accept(self, exc: OSError, message: str) -> None:
+        """NO_FDS for ACCEPT_PAUSE, then every listener registered again (the one
+        timer that resumes: callers are OPEN, or resuming from a pause)."""
         self._set_accepting(Accepting.NO_FDS)
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
         suppressed = self._emfile_log.allow()

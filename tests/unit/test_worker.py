@@ -200,3 +200,32 @@ def test_a_worker_holding_two_clients_beside_one_holding_none_does_not_pause():
         worker.loop.run_once(0.5)
         assert worker.session_count == 2
         assert worker._accepting == Accepting.OPEN
+
+
+def test_a_worker_already_holding_twice_another_s_clients_does_not_pause():
+    # an uneven spread that came earlier (long-lived clients) is the requeue's to
+    # work on, and a draining peer, still counted, never accepting, meets no pause
+    with _worker_beside_another(3) as worker:
+        worker.loop.run_once(0.5)
+        assert worker.session_count == 4
+        assert worker._accepting == Accepting.OPEN
+
+
+def test_listeners_the_kernel_cannot_take_back_after_a_pause_wait_then_are_registered_again():
+    with _worker_beside_another(2) as worker:
+        listener_fd = worker.listeners[0].fileno()
+        worker.loop.run_once(0.5)
+        assert worker._accepting == Accepting.YIELDED
+        epoll = worker.loop._epoll
+        worker.loop._epoll = _RegisterFailsOnce(epoll, listener_fd)  # type: ignore[assignment]
+        try:
+            deadline = time.monotonic() + YIELD_PAUSE + 5
+            while not worker.loop._epoll.failed:  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "the pause never ended"
+                worker.loop.run_once(0.05)
+            assert worker._accepting == Accepting.NO_FDS
+            assert not worker.loop.watching(listener_fd)
+            _run_until_accepting(worker, ACCEPT_PAUSE + 5)
+            assert worker.loop.watching(listener_fd)
+        finally:
+            worker.loop._epoll = epoll
