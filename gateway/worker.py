@@ -29,8 +29,8 @@ FULL (--max-connections reached across all workers: listeners unregistered, so n
 clients wait in the kernel's backlog; re-checked every LIMIT_RECHECK and whenever one
 of this worker's clients goes), NO_FDS (EMFILE, or a listener the kernel could not
 take back, then or at a resume: resumed after ACCEPT_PAUSE), YIELDED (a worker
-whose accepts take it to twice the clients another holds leaves the rest of a burst
-to it: resumed after YIELD_PAUSE, at most once a tick; see _yield_at) and CLOSED
+whose accepts take it to half as many clients again as another holds leaves the rest
+of a burst to it: resumed after YIELD_PAUSE; see _yield_at) and CLOSED
 (draining). The count is checked before each accept: the worker's own clients
 (dialling or relayed) exactly, the other workers' as of the master's last load refresh
 (health.py). With --balance least-connections the candidates are ordered by the
@@ -236,7 +236,8 @@ class Worker:
         self._limited_at = table.cell(index, GATEWAY, G_LIMITED)
         self._spin_at = table.cell(index, GATEWAY, G_SPIN_MICROS)
         self._peer_open_at: list[int] = []  # the other workers' G_OPEN cells (_find_peers)
-        self._may_yield = False  # no yield yet this tick (_yield_at); set by _find_peers
+        self._may_yield = False  # a pause allowed now (_yield_at); set by _find_peers
+        self._peers_before = 0   # the other workers' clients when the pause began
         self._emfile_log = gwlog.Throttle()
         self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
@@ -522,37 +523,45 @@ class Worker:
 
     def _yield_at(self, held: int) -> int:
         """The count of clients at which this worker, holding `held`, stops accepting
-        for a moment: twice what the other worker holding fewest holds, at least
-        REQUEUE_MARGIN more, and at least YIELD_FROM; only when this batch's accepts
-        would cross it (_NEVER if `held` is there already: a spread that is uneven
-        and steady, long-lived clients that came earlier, is the requeue's to work on,
-        and a peer draining after a reload, still counted but never accepting, meets
-        at most one pause). A burst of clients that connect together (a pool
+        for a moment: half as many again as the other worker holding fewest holds
+        (`floor`), at least REQUEUE_MARGIN more, and at least YIELD_FROM; only when
+        this batch's accepts would cross it (_NEVER if `held` is there already: a
+        spread that is uneven and steady, long-lived clients that came earlier, is the
+        requeue's to work on). A burst of clients that connect together (a pool
         opening its connections, iperf3's streams) finds one worker awake, busy
         polling or relaying, and the kernel's line orders only the workers asleep:
         that one would take the whole burst in a batch or two, and long-lived
         connections would stay piled there (bulk 8 streams all on one worker cost
-        0.39-0.49 s of CPU per GB, split 0.20-0.39). Far ahead, it unregisters its
-        listeners for YIELD_PAUSE (YIELDED), and the other worker, which the kernel
-        told of the same clients, takes them. At most once a tick (_find_peers
-        allows it again), so a peer that is stopped, or not accepting, delays this
-        one's accepts by YIELD_PAUSE a tick at most; steady traffic, which keeps the
-        workers within a few clients of each other, seldom crosses it."""
+        0.39-0.49 s of CPU per GB, split 0.20-0.39). Past the threshold, it
+        unregisters its listeners for YIELD_PAUSE (YIELDED), and the other worker,
+        which the kernel told of the same clients, takes them, up to its own
+        threshold. A pause is allowed once a tick (_find_peers), and again after one
+        during which another worker took clients (_end_yield): a peer that is
+        stopped, draining, or not accepting delays this one's accepts by YIELD_PAUSE
+        a tick at most; steady traffic, which keeps the workers within a few clients
+        of each other, seldom crosses it."""
         floor = _NEVER
         cells = self._cells
         for at in self._peer_open_at:
             if cells[at] < floor:
                 floor = cells[at]
-        threshold = 2 * floor  # max() by hand: see Loop._timeout
-        if threshold < floor + REQUEUE_MARGIN:
-            threshold = floor + REQUEUE_MARGIN
+        margin = floor >> 1  # max() by hand: see Loop._timeout
+        if margin < REQUEUE_MARGIN:
+            margin = REQUEUE_MARGIN
+        threshold = floor + margin
         if threshold < YIELD_FROM:
             threshold = YIELD_FROM
         return threshold if held < threshold else _NEVER
 
+    def _peers_open(self) -> int:
+        """Clients the other workers hold, as their cells say now."""
+        cells = self._cells
+        return sum([cells[at] for at in self._peer_open_at])
+
     def _yield_accepting(self, threshold: int) -> None:
-        """Far ahead of another worker (_yield_at): pause accepting for YIELD_PAUSE."""
+        """Past the threshold (_yield_at): pause accepting for YIELD_PAUSE."""
         self._may_yield = False
+        self._peers_before = self._peers_open()
         self._set_accepting(Accepting.YIELDED)
         self.loop.call_later(YIELD_PAUSE, self._end_yield)
         if self._debug:
@@ -561,7 +570,11 @@ class Worker:
                 pause=YIELD_PAUSE))
 
     def _end_yield(self) -> None:
+        """The pause is over: accept again; another pause is allowed at once if
+        another worker took clients meanwhile (the pause worked), else at the tick."""
         if self._accepting is Accepting.YIELDED:
+            if self._peers_open() > self._peers_before:
+                self._may_yield = True
             self._resume_accepting()
 
     def _sweep_listeners(self) -> None:

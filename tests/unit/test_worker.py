@@ -179,7 +179,7 @@ def test_a_paused_worker_accepts_again_after_the_pause():
         assert worker.loop.watching(listener_fd)
 
 
-def test_a_worker_pauses_accepting_at_most_once_a_tick():
+def test_a_worker_whose_pause_no_other_worker_used_pauses_no_more_this_tick():
     # a peer that holds few clients because it is stopped, or not accepting, must not
     # hold this one's accepts back more than one pause a tick
     with _worker_beside_another(2) as worker:
@@ -202,7 +202,7 @@ def test_a_worker_holding_two_clients_beside_one_holding_none_does_not_pause():
         assert worker._accepting == Accepting.OPEN
 
 
-def test_a_worker_already_holding_twice_another_s_clients_does_not_pause():
+def test_a_worker_already_past_the_threshold_does_not_pause():
     # an uneven spread that came earlier (long-lived clients) is the requeue's to
     # work on, and a draining peer, still counted, never accepting, meets no pause
     with _worker_beside_another(3) as worker:
@@ -229,3 +229,21 @@ def test_listeners_the_kernel_cannot_take_back_after_a_pause_wait_then_are_regis
             assert worker.loop.watching(listener_fd)
         finally:
             worker.loop._epoll = epoll
+
+
+def test_a_worker_whose_pause_another_worker_used_may_pause_again():
+    # a burst larger than one pause's worth: the workers take turns up to each
+    # other's thresholds, rather than the first to resume taking all that is left
+    with _worker_beside_another(2) as worker:
+        worker.loop.run_once(0.5)
+        assert worker._accepting == Accepting.YIELDED
+        worker._cells[worker._peer_open_at[0]] = 2  # the other worker took two meanwhile
+        _run_until_accepting(worker, YIELD_PAUSE + 1.0)
+        another = socket.create_connection(worker.listeners[0].sock.getsockname(), timeout=5)
+        try:
+            another.sendall(b"x")
+            worker.loop.run_once(0.5)
+            assert worker.session_count == 4  # 2 + REQUEUE_MARGIN: the new threshold
+            assert worker._accepting == Accepting.YIELDED
+        finally:
+            another.close()
