@@ -101,6 +101,7 @@ TICK = 0.5               # parent check and counter flush period
 REQUEUE_MARGIN = 2       # clients more than another worker holds: step to the back
 YIELD_FROM = 3           # clients held before a worker may yield (see _yield_at)
 YIELD_PAUSE = 0.005      # seconds a worker far ahead of another stops accepting
+YIELD_UNUSED = 3         # pauses a tick that no other worker used, at most
 _NONBLOCKING_ON = b"\x01\0\0\0"  # FIONBIO's int argument: non-blocking on
 _H2_PREFACE = b"PRI "    # how an HTTP/2 client (gRPC) starts: "PRI * HTTP/2.0"
 
@@ -238,6 +239,7 @@ class Worker:
         self._peer_open_at: list[int] = []  # the other workers' G_OPEN cells (_find_peers)
         self._may_yield = False  # a pause allowed now (_yield_at); set by _find_peers
         self._peers_before = 0   # the other workers' clients when the pause began
+        self._unused = 0         # pauses this tick that no other worker used
         self._emfile_log = gwlog.Throttle()
         self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
@@ -520,6 +522,7 @@ class Worker:
         self._peer_open_at = [table.cell(index, GATEWAY, G_OPEN)
                               for index in table.live_workers() if index != self.index]
         self._may_yield = bool(self._peer_open_at)
+        self._unused = 0
 
     def _yield_at(self, held: int) -> int:
         """The count of clients at which this worker, holding `held`, stops accepting
@@ -535,11 +538,13 @@ class Worker:
         0.39-0.49 s of CPU per GB, split 0.20-0.39). Past the threshold, it
         unregisters its listeners for YIELD_PAUSE (YIELDED), and the other worker,
         which the kernel told of the same clients, takes them, up to its own
-        threshold. A pause is allowed once a tick (_find_peers), and again after one
-        during which another worker took clients (_end_yield): a peer that is
-        stopped, draining, or not accepting delays this one's accepts by YIELD_PAUSE
-        a tick at most; steady traffic, which keeps the workers within a few clients
-        of each other, seldom crosses it."""
+        threshold. After a pause during which another worker took clients
+        (_end_yield), the next is allowed at once; pauses no other worker used
+        (YIELD_UNUSED a tick, _find_peers: two workers whose pauses overlap, or a
+        peer that is stopped, draining or not accepting) are bounded: such a peer
+        delays this one's accepts by YIELD_UNUSED x YIELD_PAUSE a tick at most;
+        steady traffic, which keeps the workers within a few clients of each other,
+        seldom crosses it."""
         floor = _NEVER
         cells = self._cells
         for at in self._peer_open_at:
@@ -571,10 +576,14 @@ class Worker:
 
     def _end_yield(self) -> None:
         """The pause is over: accept again; another pause is allowed at once if
-        another worker took clients meanwhile (the pause worked), else at the tick."""
+        another worker took clients meanwhile (the pause worked), or if fewer than
+        YIELD_UNUSED went unused this tick (the other may have been paused too)."""
         if self._accepting is Accepting.YIELDED:
             if self._peers_open() > self._peers_before:
                 self._may_yield = True
+            else:
+                self._unused += 1
+                self._may_yield = self._unused < YIELD_UNUSED
             self._resume_accepting()
 
     def _sweep_listeners(self) -> None:
