@@ -117,7 +117,7 @@ class Accepting(enum.Enum):
     OPEN = "open"
     FULL = "full"            # --max-connections reached
     NO_FDS = "no_fds"        # EMFILE/ENFILE: a short pause
-    YIELDED = "yielded"      # far ahead of another worker: a short pause, once a tick
+    YIELDED = "yielded"      # far ahead of another worker: a short pause (_yield_at)
     CLOSED = "closed"        # draining: the listeners are closed
 
 logger = gwlog.get("worker")
@@ -237,9 +237,8 @@ class Worker:
         self._limited_at = table.cell(index, GATEWAY, G_LIMITED)
         self._spin_at = table.cell(index, GATEWAY, G_SPIN_MICROS)
         self._peer_open_at: list[int] = []  # the other workers' G_OPEN cells (_find_peers)
-        self._may_yield = False  # a pause allowed now (_yield_at); set by _find_peers
         self._peers_before = 0   # the other workers' clients when the pause began
-        self._unused = 0         # pauses this tick that no other worker used
+        self._unused = 0         # pauses this tick that no other worker used (_may_pause)
         self._emfile_log = gwlog.Throttle()
         self._limit_log = gwlog.Throttle()
         self._reject_log = gwlog.Throttle()
@@ -468,7 +467,7 @@ class Worker:
         if limit and others + self._open_count() >= limit:
             self._limit_reached()
             return
-        yield_at = self._yield_at(held) if self._may_yield else _NEVER
+        yield_at = self._yield_at(held) if self._may_pause() else _NEVER
         for client, addr in accept_batch(door.sock._accept,  # type: ignore[attr-defined]
                                          ACCEPT_BATCH, self._out_of_descriptors,
                                          self._accept_failed):
@@ -521,8 +520,12 @@ class Worker:
         table = self.table
         self._peer_open_at = [table.cell(index, GATEWAY, G_OPEN)
                               for index in table.live_workers() if index != self.index]
-        self._may_yield = bool(self._peer_open_at)
         self._unused = 0
+
+    def _may_pause(self) -> bool:
+        """A pause is allowed now (_yield_at): there is another worker to leave
+        clients to, and fewer than YIELD_UNUSED pauses went unused this tick."""
+        return self._unused < YIELD_UNUSED and bool(self._peer_open_at)
 
     def _yield_at(self, held: int) -> int:
         """The count of clients at which this worker, holding `held`, stops accepting
@@ -565,7 +568,6 @@ class Worker:
 
     def _yield_accepting(self, threshold: int) -> None:
         """Past the threshold (_yield_at): pause accepting for YIELD_PAUSE."""
-        self._may_yield = False
         self._peers_before = self._peers_open()
         self._set_accepting(Accepting.YIELDED)
         self.loop.call_later(YIELD_PAUSE, self._end_yield)
@@ -579,11 +581,8 @@ class Worker:
         another worker took clients meanwhile (the pause worked), or if fewer than
         YIELD_UNUSED went unused this tick (the other may have been paused too)."""
         if self._accepting is Accepting.YIELDED:
-            if self._peers_open() > self._peers_before:
-                self._may_yield = True
-            else:
+            if self._peers_open() <= self._peers_before:
                 self._unused += 1
-                self._may_yield = self._unused < YIELD_UNUSED
             self._resume_accepting()
 
     def _sweep_listeners(self) -> None:

@@ -106,11 +106,11 @@ def _worker_beside_another(held: int) -> Iterator[Worker]:
 
 
 def _accepts_one_holding(held: int) -> list[int]:
-    """A worker holding `held` clients (another worker holds none), its pause of this
-    tick already spent (see the yield tests below), accepts one more: the fds it
+    """A worker holding `held` clients (another worker holds none), its pauses of this
+    tick already spent (see the pause tests below), accepts one more: the fds it
     stepped back in line for."""
     with _worker_beside_another(held) as worker:
-        worker._may_yield = False
+        worker._unused = YIELD_UNUSED
         requeued: list[int] = []
         requeue = worker.loop.requeue
         worker.loop.requeue = (  # type: ignore[method-assign]
@@ -134,7 +134,7 @@ def test_a_worker_two_clients_ahead_of_another_steps_to_the_back_of_the_line():
 def test_a_listener_the_kernel_cannot_take_back_pauses_accepting_then_is_registered_again():
     # it holds REQUEUE_MARGIN more than the other: it requeues after accepting
     with _worker_beside_another(REQUEUE_MARGIN) as worker:
-        worker._may_yield = False  # its pause of this tick spent: it requeues
+        worker._unused = YIELD_UNUSED  # its pauses of this tick spent: it requeues
         listener_fd = worker.listeners[0].fileno()
         epoll = worker.loop._epoll
         worker.loop._epoll = _RegisterFailsOnce(epoll, listener_fd)  # type: ignore[assignment]
@@ -184,14 +184,14 @@ def test_a_worker_pauses_at_most_yield_unused_times_a_tick_when_no_other_worker_
     # hold this one's accepts back more than a few pauses a tick
     with _worker_beside_another(2) as worker:
         pauses = 0
-        while worker._may_yield:  # no other worker takes a client meanwhile
+        while worker._may_pause():  # no other worker takes a client meanwhile
             worker._yield_accepting(3)
             _run_until_accepting(worker, YIELD_PAUSE + 1.0)
             pauses += 1
             assert pauses <= YIELD_UNUSED
         assert pauses == YIELD_UNUSED
         worker._find_peers()  # the next tick
-        assert worker._may_yield
+        assert worker._may_pause()
 
 
 def test_a_worker_holding_two_clients_beside_one_holding_none_does_not_pause():
