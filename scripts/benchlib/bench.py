@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 import procs  # noqa: E402
 import report  # noqa: E402
-from peers import GO, OURS, PEERS, TLS_PEERS, TlsBackend, make_peer  # noqa: E402
+from peers import C_SPLICE, GO, OURS, PEERS, TLS_PEERS, TlsBackend, make_peer  # noqa: E402
 from procs import Managed, StartError, free_port, listening, wait_until  # noqa: E402
 from workloads import BACKEND_OF, CLIENTS, RUNNERS, TLS_WORKLOADS, WORKLOADS, Durations  # noqa: E402
 
@@ -53,7 +53,8 @@ class Context:
         self.etcd_bin = need("etcd")
         self.haproxy_bin = need("haproxy")
         self.iperf3_bin = need("iperf3")
-        self.loadgen = build_loadgen(self.results)
+        self.loadgen = build_c("loadgen", self.results)
+        self.splicerelay = build_c("splicerelay", self.results)
         self.tls = None  # TlsBackend, made when a tls-* workload runs
 
     def note(self, msg):
@@ -156,11 +157,12 @@ def need(cmd):
     return path
 
 
-def build_loadgen(results):
-    src = os.path.join(HERE, "loadgen.c")
+def build_c(name, results):
+    """scripts/benchlib/<name>.c built into <results>/build/<name> (again when the source is newer)."""
+    src = os.path.join(HERE, f"{name}.c")
     out_dir = os.path.join(results, "build")
     os.makedirs(out_dir, exist_ok=True)
-    out = os.path.join(out_dir, "loadgen")
+    out = os.path.join(out_dir, name)
     if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
         cc = shutil.which("gcc") or shutil.which("cc")
         if not cc:
@@ -287,6 +289,8 @@ def main(argv=None):
                     tls = w in TLS_WORKLOADS
                     if tls and name not in TLS_PEERS:
                         continue  # cannot dial TLS: no row for it (not a failure)
+                    if peer.only and w not in peer.only:
+                        continue  # a reference for some workloads only (c-splice: bulk)
                     backend = ctx.ensure_backend(BACKEND_OF[w])
                     t0 = time.monotonic()
                     load = procs.ForeignLoad()
@@ -355,7 +359,8 @@ def main(argv=None):
         "summary": summary,
         "ratios": {k: {"ours/go": report.ratio(summary, k, OURS, GO),
                        "ours/haproxy": report.ratio(summary, k, OURS, "haproxy"),
-                       "ours/direct": report.ratio(summary, k, OURS, "direct")} for k in summary},
+                       "ours/direct": report.ratio(summary, k, OURS, "direct"),
+                       "ours/c-splice": report.ratio(summary, k, OURS, C_SPLICE)} for k in summary},
         "goals": goals,
         "headroom": head,
         "other_load": {"before_start": before_start,

@@ -1,4 +1,5 @@
-"""The peers the bench compares: direct, etcd-gatewayd, the Go gateway, HAProxy (two ways).
+"""The peers the bench compares: direct, etcd-gatewayd, the Go gateway, HAProxy (two
+ways), and c-splice, a reference splice relay in C that takes part in bulk only.
 
 design: a peer turns a backend address into a listen port the load generator
 talks to.  `start()` launches one fresh proxy instance for one workload on one
@@ -18,10 +19,11 @@ import time
 
 from procs import Managed, StartError, free_port, listening, tree, wait_until
 
-PEERS = ["direct", "etcd-gatewayd", "go-gateway", "haproxy", "haproxy-splice"]
+PEERS = ["direct", "etcd-gatewayd", "go-gateway", "haproxy", "haproxy-splice", "c-splice"]
 PROXIES = PEERS[1:]
 OURS, GO, DIRECT = "etcd-gatewayd", "go-gateway", "direct"
 HAPROXY = "haproxy"
+C_SPLICE = "c-splice"
 TLS_PEERS = (OURS, HAPROXY)  # peers that can dial a backend with TLS (haproxy-splice cannot splice TLS)
 
 READY_TIMEOUT = 20.0
@@ -30,6 +32,7 @@ READY_TIMEOUT = 20.0
 class Peer:
     name = "?"
     describe = ""
+    only: tuple = ()  # the workloads this peer takes part in; empty: every one it can dial
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -150,6 +153,30 @@ class GoGateway(Peer):
         return self._launch(argv, port)
 
 
+class CSplice(Peer):
+    """The floor of a splice relay: scripts/benchlib/splicerelay.c (see its head), with
+    etcd-gatewayd's bulk levers (pre-fork workers = CPUs on one listener, 1 MiB pipes,
+    a 512 KiB low-water mark on a streaming source) and nothing else. Bulk only: it
+    sets up pipes for every connection and has no limits or timers, so its figures
+    for small messages, new connections or idle ones would describe nothing real."""
+
+    name = C_SPLICE
+    only = ("bulk",)
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.workers = os.cpu_count() or 1
+        self.describe = f"splicerelay.c (C, epoll + splice, {self.workers} pre-fork workers), bulk only"
+
+    def start(self, backend_port, tls=None):
+        if tls:
+            raise StartError("c-splice cannot dial TLS")
+        self.backend_port = backend_port
+        port = free_port()
+        argv = [self.ctx.splicerelay, str(port), str(backend_port), str(self.workers)]
+        return self._launch(argv, port, expect_procs=1 + self.workers)
+
+
 HAPROXY_MAXCONN = 9400  # 2 fds per connection (+ pipes) must fit the 20,000 open-files hard limit
 
 
@@ -263,4 +290,6 @@ def make_peer(name, ctx):
         return HAProxy(ctx, splice=False)
     if name == "haproxy-splice":
         return HAProxy(ctx, splice=True)
+    if name == C_SPLICE:
+        return CSplice(ctx)
     raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")

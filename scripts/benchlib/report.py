@@ -2,12 +2,13 @@
 
 design: the bench hands over samples[peer][metric] = [one value per round]
 (None or absent when the peer failed that round).  Everything shown is derived
-here: the median of the rounds with min-max, the ratios etcd-gatewayd/Go and
-etcd-gatewayd/direct, and each goal of the issue evaluated on those medians.
+here: the median of the rounds with min-max, the ratios etcd-gatewayd/Go,
+/HAProxy, /direct (and /c-splice, the C reference splice relay, when it ran), and
+each goal of the issue evaluated on those medians.
 """
 import statistics
 
-from peers import DIRECT, GO, HAPROXY, OURS, PEERS
+from peers import C_SPLICE, DIRECT, GO, HAPROXY, OURS, PEERS
 
 # (metric key, label, goal) ; goal: None | ("go", op, x) | ("abs", op, x) | ("true",)
 ROWS = [
@@ -184,15 +185,19 @@ def fmt_ratio(r):
 
 
 def markdown(summary, peers, workloads, failed, errors):
-    cols = ["metric"] + peers + ["ours/go", "ours/haproxy", "ours/direct", "goal", "status"]
+    floor = C_SPLICE in peers and "bulk" in workloads
+    cols = ["metric"] + peers + ["ours/go", "ours/haproxy", "ours/direct"] + (["ours/c-splice"] if floor else [])
+    cols += ["goal", "status"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
     for key, label, goal in ROWS:
         if workload_of(key) not in workloads:
             continue
         row = [label] + [cell(summary, key, p, workload_of(key) in failed.get(p, ())) for p in peers]
         row += [fmt_ratio(ratio(summary, key, OURS, GO)), fmt_ratio(ratio(summary, key, OURS, HAPROXY)),
-                fmt_ratio(ratio(summary, key, OURS, DIRECT)),
-                goal_text(goal), evaluate(goal, summary, key)]
+                fmt_ratio(ratio(summary, key, OURS, DIRECT))]
+        if floor:
+            row.append(fmt_ratio(ratio(summary, key, OURS, C_SPLICE)))
+        row += [goal_text(goal), evaluate(goal, summary, key)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
