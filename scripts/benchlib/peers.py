@@ -154,7 +154,7 @@ class GoGateway(Peer):
 
 
 class CSplice(Peer):
-    """The floor of a splice relay: scripts/benchlib/splicerelay.c (see its head), with
+    """A reference splice relay: scripts/benchlib/splicerelay.c (see its head), with
     etcd-gatewayd's bulk levers (pre-fork workers = CPUs on one listener, 1 MiB pipes,
     a 512 KiB low-water mark on a streaming source) and nothing else. Bulk only: it
     sets up pipes for every connection and has no limits or timers, so its figures

@@ -1,5 +1,5 @@
-/* splicerelay: the bench's reference splice relay ("c-splice"), the floor a
- * relay built on splice(2) reaches on this kernel.
+/* splicerelay: the bench's reference splice relay ("c-splice"): what a relay
+ * built on splice(2), with no interpreter in it, costs on this kernel.
  *
  * usage: splicerelay LISTEN_PORT BACKEND_PORT WORKERS
  *
@@ -10,9 +10,12 @@
  * directions splice in (socket -> pipe) and out (pipe -> socket) until EAGAIN.
  * A direction whose read moved 64 KiB or more at once is streaming and gets the
  * gateway's low-water mark (SO_RCVLOWAT 512 KiB: the kernel wakes the worker for
- * half a pipe, or at EOF). No health checks, timers, limits or logging: its
- * CPU per GB is what the kernel's loopback TCP and splice cost any relay, so a
- * proxy's figure next to it shows what that proxy adds on top.
+ * half a pipe, or at EOF; a tail smaller than the mark waits for more bytes or
+ * EOF, which the gateway bounds with a timer). No health checks, timers, limits
+ * or logging: its CPU per GB is about what the kernel's loopback TCP and splice
+ * cost any relay, so a proxy's figure next to it shows what that proxy adds on
+ * top (within the spread of the machine: which process the kernel bills the
+ * receiver's softirq work to moves every relay's figure from round to round).
  *
  * The master waits for SIGTERM, then stops its workers by PID. */
 #define _GNU_SOURCE
