@@ -185,8 +185,8 @@ def fmt_ratio(r):
 
 
 def markdown(summary, peers, workloads, failed, errors):
-    floor = C_SPLICE in peers and "bulk" in workloads
-    cols = ["metric"] + peers + ["ours/go", "ours/haproxy", "ours/direct"] + (["ours/c-splice"] if floor else [])
+    reference = C_SPLICE in peers and "bulk" in workloads
+    cols = ["metric"] + peers + ["ours/go", "ours/haproxy", "ours/direct"] + (["ours/c-splice"] if reference else [])
     cols += ["goal", "status"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
     for key, label, goal in ROWS:
@@ -195,7 +195,7 @@ def markdown(summary, peers, workloads, failed, errors):
         row = [label] + [cell(summary, key, p, workload_of(key) in failed.get(p, ())) for p in peers]
         row += [fmt_ratio(ratio(summary, key, OURS, GO)), fmt_ratio(ratio(summary, key, OURS, HAPROXY)),
                 fmt_ratio(ratio(summary, key, OURS, DIRECT))]
-        if floor:
+        if reference:
             row.append(fmt_ratio(ratio(summary, key, OURS, C_SPLICE)))
         row += [goal_text(goal), evaluate(goal, summary, key)]
         lines.append("| " + " | ".join(row) + " |")

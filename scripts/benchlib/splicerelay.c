@@ -102,24 +102,26 @@ static void close_conn(int ep, struct conn *c) {
     }
 }
 
-static struct conn *open_conn(int ep, int client, const struct sockaddr_in *backend) {
+/* a client accepted: its backend connection, pipes and registrations (on failure the
+ * client is closed) */
+static void open_conn(int ep, int client, const struct sockaddr_in *backend) {
     struct conn *c = calloc(1, sizeof *c);
     int p0[2], p1[2];
     int b = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (!c || b < 0 || pipe2(p0, O_NONBLOCK | O_CLOEXEC) < 0) {
         if (b >= 0) close(b);
         free(c); close(client);
-        return NULL;
+        return;
     }
     if (pipe2(p1, O_NONBLOCK | O_CLOEXEC) < 0) {
         close(p0[0]); close(p0[1]); close(b);
         free(c); close(client);
-        return NULL;
+        return;
     }
     if (connect(b, (const struct sockaddr *)backend, sizeof *backend) < 0 && errno != EINPROGRESS) {
         close(p0[0]); close(p0[1]); close(p1[0]); close(p1[1]); close(b);
         free(c); close(client);
-        return NULL;
+        return;
     }
     fcntl(p0[1], F_SETPIPE_SZ, PIPE_BYTES);
     fcntl(p1[1], F_SETPIPE_SZ, PIPE_BYTES);
@@ -132,7 +134,6 @@ static struct conn *open_conn(int ep, int client, const struct sockaddr_in *back
         struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &c->s[i] };
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd[i], &ev);
     }
-    return c;
 }
 
 static void worker(int lfd, const struct sockaddr_in *backend) {
