@@ -50,6 +50,13 @@ class Context:
         self.backends = {}
         self.procs = {}
         self.etcd_dir = None
+        # etcd's data on a tmpfs unless asked otherwise: on a VM's disk the swings of fsync
+        # swamp the few tens of microseconds a proxy adds per op (benchlib/README.md)
+        self.etcd_parent = None if args.etcd_on_disk else tmpfs_dir(SHM)
+        self.etcd_data = f"tmpfs ({SHM})" if self.etcd_parent else "disk (the temp folder)"
+        if self.etcd_parent is None and not args.etcd_on_disk:
+            self.note(f"no writable tmpfs at {SHM}: etcd's data is on disk, so the etcd rows measure "
+                      f"its fsync as much as the proxies")
         self.etcd_bin = need("etcd")
         self.haproxy_bin = need("haproxy")
         self.iperf3_bin = need("iperf3")
@@ -87,7 +94,7 @@ class Context:
 
     def start_etcd(self):
         if self.etcd_dir is None:
-            self.etcd_dir = tempfile.mkdtemp(prefix="bench-etcd-")
+            self.etcd_dir = tempfile.mkdtemp(prefix="bench-etcd-", dir=self.etcd_parent)
         cport, pport = free_port(), free_port()
         argv = [
             self.etcd_bin, "--name", "bench", "--data-dir", os.path.join(self.etcd_dir, "data"),
@@ -148,6 +155,19 @@ class Context:
         self.procs.clear()
         if self.etcd_dir:
             shutil.rmtree(self.etcd_dir, ignore_errors=True)
+
+
+SHM = "/dev/shm"
+
+
+def tmpfs_dir(path):
+    """`path` when it is a writable tmpfs mount point (/proc/mounts), else None."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            mounted = any(line.split()[1:3] == [path, "tmpfs"] for line in f)
+    except OSError:
+        return None
+    return path if mounted and os.access(path, os.W_OK) else None
 
 
 def need(cmd):
@@ -231,6 +251,9 @@ def parse_args(argv):
                     metavar="PEER[,..]", help=f"peers to compare: {','.join(PEERS)} (default all)")
     ap.add_argument("--results", default=os.path.join(REPO, "results"), metavar="DIR",
                     help="folder for JSON, logs, plots and the built load generator (default results/)")
+    ap.add_argument("--etcd-on-disk", action="store_true",
+                    help="keep etcd's data in the temp folder, on disk (default: /dev/shm, a tmpfs, so the "
+                         "etcd rows measure the proxies, not the disk's fsync)")
     ap.add_argument("--plot", action="store_true", help="also write one PNG bar chart per workload (needs matplotlib)")
     args = ap.parse_args(argv)
     if args.rounds is None:
@@ -351,7 +374,7 @@ def main(argv=None):
                      "iperf3": version([ctx.iperf3_bin, "--version"]), "gcc": version(["gcc", "--version"]),
                      "etcd-gatewayd": git_rev()},
         "config": {"rounds": args.rounds, "quick": args.quick, "workloads": args.only, "peers": args.peers,
-                   "durations_s": vars(ctx.durations)},
+                   "durations_s": vars(ctx.durations), "etcd_data": ctx.etcd_data},
         "clients": {w: CLIENTS[w] for w in args.only},
         "peers": {n: peers[n].describe for n in args.peers},
         "failed_to_start": {n: sorted(v) for n, v in failed.items() if v},
@@ -381,8 +404,10 @@ def main(argv=None):
     out.append("")
     out.append(f"{os.cpu_count()} CPUs, Linux {platform.release()}; {args.rounds} round(s), peers interleaved "
                f"(order rotated each round); cells: median (min–max) over rounds; "
-               f"{info['versions']['etcd']}, {info['versions']['haproxy'].split(' - ')[0]}, "
-               f"{info['versions']['iperf3']}; etcd-gatewayd at {info['versions']['etcd-gatewayd']}"
+               f"{info['versions']['etcd']}"
+               + (f" (its data on {ctx.etcd_data})" if "etcd" in args.only else "")
+               + f", {info['versions']['haproxy'].split(' - ')[0]}, {info['versions']['iperf3']}; "
+               f"etcd-gatewayd at {info['versions']['etcd-gatewayd']}"
                + (f" on Python {gateway_python['version']} ({gateway_python['path']}: "
                   f"{gateway_python['ns_per_call']} ns per function call)." if gateway_python else "."))
     out.append("")

@@ -37,7 +37,8 @@ CLIENTS = {
     "etcd": "loadgen http (C, one epoll thread): C persistent HTTP/1.1 keep-alive connections "
             "to etcd's JSON gRPC gateway, POST /v3/kv/put (48-byte values, 256 keys per "
             "connection) or /v3/kv/range (linearizable, one key); one etcd member started by the "
-            "bench (default --snapshot-count, fsync on)",
+            "bench (default --snapshot-count, fsync on; its data on /dev/shm where that is a tmpfs, "
+            "unless --etcd-on-disk)",
     "tls-bulk": "iperf3 -P 1 as in bulk; the proxy dials a TLS terminator (HAProxy, bind ssl, "
                 "EC P-256 certificate, TLS 1.3) in front of the iperf3 server",
     "tls-rr": "loadgen pingpong c=64 as in rr; the proxy dials the TLS terminator in front of the "
