@@ -37,26 +37,27 @@
 #define LOWAT (1 << 19)
 #define MAX_WORKERS 64
 
+enum eof { OPEN, READ_EOF, CARRIED }; /* CARRIED: drained and shut down on dst */
+
 struct dir {
     int src, dst, pr, pw; /* source and destination sockets, pipe read and write ends */
     size_t queued;        /* bytes in the pipe */
-    int eof, lowat_set;
+    enum eof eof;
+    int lowat_set;
 };
 
-struct conn;
-struct side { struct conn *c; }; /* what one socket's epoll registration points at */
-
 struct conn {
-    int fd[2];            /* client, backend */
+    int fd[2];            /* client, backend: both registrations point at the conn */
     struct dir d[2];      /* client -> backend, backend -> client */
-    struct side s[2];
     int closed;
 };
 
 static void pump(struct dir *d) {
+    if (d->eof == CARRIED)
+        return;
     for (;;) {
         int moved = 0;
-        if (!d->eof && d->queued < PIPE_BYTES) {
+        if (d->eof == OPEN && d->queued < PIPE_BYTES) {
             ssize_t n = splice(d->src, NULL, d->pw, NULL, PIPE_BYTES - d->queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n > 0) {
                 d->queued += (size_t)n;
@@ -67,7 +68,7 @@ static void pump(struct dir *d) {
                     d->lowat_set = 1;
                 }
             } else if (n == 0 || errno != EAGAIN) {
-                d->eof = 1;
+                d->eof = READ_EOF;
             }
         }
         if (d->queued > 0) {
@@ -76,12 +77,13 @@ static void pump(struct dir *d) {
                 d->queued -= (size_t)n;
                 moved = 1;
             } else if (n < 0 && errno != EAGAIN) {
-                d->eof = 1;
+                d->eof = READ_EOF;
                 d->queued = 0;
             }
         }
-        if (d->eof && d->queued == 0) {
+        if (d->eof == READ_EOF && d->queued == 0) {
             shutdown(d->dst, SHUT_WR);
+            d->eof = CARRIED;
             return;
         }
         if (!moved)
@@ -90,7 +92,7 @@ static void pump(struct dir *d) {
 }
 
 static int done(const struct conn *c) {
-    return c->d[0].eof && c->d[1].eof && c->d[0].queued == 0 && c->d[1].queued == 0;
+    return c->d[0].eof == CARRIED && c->d[1].eof == CARRIED;
 }
 
 static void close_conn(int ep, struct conn *c) {
@@ -130,8 +132,7 @@ static void open_conn(int ep, int client, const struct sockaddr_in *backend) {
     c->d[0] = (struct dir){ .src = client, .dst = b, .pr = p0[0], .pw = p0[1] };
     c->d[1] = (struct dir){ .src = b, .dst = client, .pr = p1[0], .pw = p1[1] };
     for (int i = 0; i < 2; i++) {
-        c->s[i].c = c;
-        struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = &c->s[i] };
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c };
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd[i], &ev);
     }
 }
@@ -157,7 +158,7 @@ static void worker(int lfd, const struct sockaddr_in *backend) {
                     open_conn(ep, a, backend);
                 continue;
             }
-            struct conn *c = ((struct side *)evs[i].data.ptr)->c;
+            struct conn *c = evs[i].data.ptr;
             if (c->closed)
                 continue; /* closed earlier in this batch */
             pump(&c->d[0]);
